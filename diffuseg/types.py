@@ -1,0 +1,295 @@
+"""The two values that flow through diffuseg: an ``Encoding`` (what the diffusion model saw) and a
+``Segmentation`` (what a method made of it).
+
+``Backbone.encode`` is the expensive step (one UNet pass); ``Method.segment`` is cheap and pure.
+An Encoding is saved to / loaded from ``.safetensors`` so that a user encodes once and segments
+many times with other settings, without the model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+_ATTN_PREFIX = "attention."
+
+
+@dataclass
+class Encoding:
+    """What one image looks like to a diffusion UNet.
+
+    Attributes:
+        features: float tensor (C, h, w), the feature map at the backbone's feature layer
+            (DiffCut's signal), or None if not captured. (h, w) is the real token grid.
+        attention: query grid (h, w) -> float tensor (h*w, h, w): head-averaged self-attention
+            probabilities averaged over the layers of that grid; row q is a probability map over
+            keys (sums to 1). Empty if not captured.
+        image: (H, W, 3) uint8, the processed image the backbone saw (after resizing), or None.
+        meta: JSON-serialisable facts: backbone, timestep, sizes, seed, ...
+    """
+
+    features: torch.Tensor | None = None
+    attention: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+    image: np.ndarray | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.features is not None:
+            if not isinstance(self.features, torch.Tensor):
+                self.features = torch.as_tensor(np.asarray(self.features))
+            if self.features.ndim != 3:
+                raise ValueError(
+                    f"Encoding.features must be (C, h, w), got shape {tuple(self.features.shape)}"
+                )
+        for grid, attn in self.attention.items():
+            h, w = grid
+            if tuple(attn.shape) != (h * w, h, w):
+                raise ValueError(
+                    f"attention for grid {grid} must be ({h * w}, {h}, {w}), got "
+                    f"{tuple(attn.shape)}"
+                )
+        if self.image is not None:
+            img = np.asarray(self.image)
+            if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+                raise ValueError("Encoding.image must be an (H, W, 3) uint8 array")
+            self.image = img
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """The token grid (h, w) of the features, else of the finest attention grid."""
+        if self.features is not None:
+            return int(self.features.shape[1]), int(self.features.shape[2])
+        if self.attention:
+            return max(self.attention, key=lambda g: g[0] * g[1])
+        raise ValueError("this Encoding holds neither features nor attention")
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) of the processed image, else of the original image recorded in meta."""
+        if self.image is not None:
+            return int(self.image.shape[0]), int(self.image.shape[1])
+        if "image_size" in self.meta:
+            h, w = self.meta["image_size"]
+            return int(h), int(w)
+        raise ValueError("this Encoding records no image size")
+
+    def to(self, device: torch.device | str) -> Encoding:
+        """A copy whose tensors live on ``device``."""
+        return Encoding(
+            features=None if self.features is None else self.features.to(device),
+            attention={g: a.to(device) for g, a in self.attention.items()},
+            image=self.image,
+            meta=dict(self.meta),
+        )
+
+    def save(self, path: str | Path) -> None:
+        """Write to ``path`` (.safetensors), atomically (temp file, then rename)."""
+        from safetensors.torch import save_file
+
+        from diffuseg.io import atomic_path
+
+        tensors: dict[str, torch.Tensor] = {}
+        if self.features is not None:
+            tensors["features"] = self.features.detach().to("cpu").contiguous()
+        for (h, w), attn in self.attention.items():
+            tensors[f"{_ATTN_PREFIX}{h}x{w}"] = attn.detach().to("cpu").contiguous()
+        if self.image is not None:
+            tensors["image"] = torch.from_numpy(np.ascontiguousarray(self.image))
+        metadata = {"diffuseg.meta": json.dumps(self.meta), "diffuseg.format": "encoding/1"}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=metadata)
+
+    @classmethod
+    def load(cls, path: str | Path, device: torch.device | str = "cpu") -> Encoding:
+        """Read an Encoding written by :meth:`save` (safetensors: no code is unpickled)."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no Encoding file at {path}")
+        try:
+            with safe_open(str(path), framework="pt", device=str(device)) as f:
+                metadata = f.metadata() or {}
+                if metadata.get("diffuseg.format") != "encoding/1":
+                    raise ValueError(f"{path} is a safetensors file but not a diffuseg Encoding")
+                features = f.get_tensor("features") if "features" in f.keys() else None
+                attention = {}
+                for key in f.keys():
+                    if key.startswith(_ATTN_PREFIX):
+                        h, w = (int(x) for x in key[len(_ATTN_PREFIX) :].split("x"))
+                        attention[(h, w)] = f.get_tensor(key)
+                image = f.get_tensor("image").cpu().numpy() if "image" in f.keys() else None
+        except (OSError, json.JSONDecodeError) as exc:  # truncated or corrupt
+            raise ValueError(f"cannot read Encoding {path}: {exc}") from exc
+        except Exception as exc:  # safetensors raises its own error type on bad headers
+            if isinstance(exc, ValueError):
+                raise
+            raise ValueError(f"cannot read Encoding {path}: {exc}") from exc
+        meta = json.loads(metadata.get("diffuseg.meta", "{}"))
+        return cls(features=features, attention=attention, image=image, meta=meta)
+
+
+@dataclass
+class HierarchyNode:
+    """One node of a recursive cut: a set of tokens, and whether (and how well) it was split.
+
+    Attributes:
+        id: index in ``Hierarchy.nodes`` (the root is 0).
+        parent: parent id, None for the root.
+        children: the two child ids if the split was accepted, else ().
+        depth: 0 at the root.
+        size: number of tokens in the node.
+        ncut: NCut value of the best bipartition found (None if none was possible).
+        leaves: labels of the leaf segments below this node (a leaf holds its own label).
+    """
+
+    id: int
+    parent: int | None
+    children: tuple[int, ...]
+    depth: int
+    size: int
+    ncut: float | None
+    leaves: tuple[int, ...]
+
+    @property
+    def is_leaf(self) -> bool:
+        return not self.children
+
+
+@dataclass
+class Hierarchy:
+    """The binary tree of accepted splits of a recursive cut; leaves are the segments."""
+
+    nodes: list[HierarchyNode]
+
+    @property
+    def depth(self) -> int:
+        return max((n.depth for n in self.nodes), default=0)
+
+    def labels_at_depth(self, labels: np.ndarray | torch.Tensor, depth: int) -> np.ndarray:
+        """Merge a leaf label map up to the tree cut at ``depth``.
+
+        Args:
+            labels: int array of leaf labels (any shape).
+            depth: 0 gives one segment; >= ``self.depth`` gives the leaves.
+        Returns:
+            int32 array of the same shape, labels 0..K_d-1 in node order.
+        """
+        labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
+        remap = np.zeros(max((max(n.leaves) for n in self.nodes if n.leaves), default=0) + 1,
+                         dtype=np.int32)
+        k = 0
+        for node in self.nodes:
+            if node.depth == depth or (node.is_leaf and node.depth < depth):
+                remap[list(node.leaves)] = k
+                k += 1
+        return remap[labels]
+
+    def to_dict(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": n.id,
+                "parent": n.parent,
+                "children": list(n.children),
+                "depth": n.depth,
+                "size": n.size,
+                "ncut": n.ncut,
+                "leaves": list(n.leaves),
+            }
+            for n in self.nodes
+        ]
+
+    @classmethod
+    def from_dict(cls, rows: list[dict[str, Any]]) -> Hierarchy:
+        return cls(
+            [
+                HierarchyNode(
+                    id=r["id"],
+                    parent=r["parent"],
+                    children=tuple(r["children"]),
+                    depth=r["depth"],
+                    size=r["size"],
+                    ncut=r["ncut"],
+                    leaves=tuple(r["leaves"]),
+                )
+                for r in rows
+            ]
+        )
+
+
+def segment_records(labels: np.ndarray) -> list[dict[str, Any]]:
+    """Per-label records of a label map: label, area (pixels), bbox [x, y, w, h] (XYWH).
+
+    Args:
+        labels: (H, W) int array with values 0..K-1.
+    """
+    labels = np.asarray(labels)
+    records = []
+    for k in np.unique(labels):
+        ys, xs = np.nonzero(labels == k)
+        x0, y0 = int(xs.min()), int(ys.min())
+        records.append(
+            {
+                "label": int(k),
+                "area": int(ys.size),
+                "bbox": [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1],
+            }
+        )
+    return records
+
+
+@dataclass
+class Segmentation:
+    """What a method made of an image.
+
+    Attributes:
+        labels: (H, W) int32, values 0..K-1, every value present.
+        hierarchy: tree of the recursive cut (cut-based methods), else None.
+        segments: one record per label: {"label", "area", "bbox" [x, y, w, h]}.
+        config: the resolved settings that produced it (method, backbone, every parameter).
+        token_labels: (h, w) int32 labels on the token grid before concept assignment, if any.
+    """
+
+    labels: np.ndarray
+    hierarchy: Hierarchy | None = None
+    segments: list[dict[str, Any]] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+    token_labels: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        labels = np.asarray(self.labels)
+        if labels.ndim != 2:
+            raise ValueError(f"Segmentation.labels must be (H, W), got {labels.shape}")
+        self.labels = labels.astype(np.int32, copy=False)
+        if not self.segments:
+            self.segments = segment_records(self.labels)
+
+    @property
+    def num_segments(self) -> int:
+        return len(self.segments)
+
+    def labels_at_depth(self, depth: int) -> np.ndarray:
+        """The label map with the hierarchy cut at ``depth`` (0: one segment; deep: the leaves).
+
+        Hierarchy leaves are leaf ids of the cut; each segment record's ``"leaf"`` says which leaf
+        a label came from (they differ only when refinement removed a segment).
+        """
+        if self.hierarchy is None:
+            raise ValueError("this segmentation has no hierarchy (not a cut-based method)")
+        leaf_of_label = np.array([s.get("leaf", s["label"]) for s in self.segments])
+        return self.hierarchy.labels_at_depth(leaf_of_label[self.labels], depth)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable summary: config, segments, hierarchy (no pixel data)."""
+        return {
+            "config": self.config,
+            "size": list(self.labels.shape),
+            "num_segments": self.num_segments,
+            "segments": self.segments,
+            "hierarchy": None if self.hierarchy is None else self.hierarchy.to_dict(),
+        }

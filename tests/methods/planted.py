@@ -1,0 +1,131 @@
+"""Planted partitions for algorithm tests: a known label map, and features / self-attention built
+from it plus noise, where the right segmentation is known exactly.
+
+Import from a test (pytest puts this folder on ``sys.path``): ``from planted import ...``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def planted_labels(
+    h: int, w: int, k: int, seed: int = 0, block: int | None = None, relax: int = 3
+) -> np.ndarray:
+    """A (h, w) map of ``k`` blocky regions of similar size.
+
+    A Voronoi partition of a coarse lattice of ``block`` x ``block`` cells (default
+    ``max(1, min(h, w) // 8)``) around ``k`` distinct random seed cells, relaxed ``relax`` times
+    (Lloyd: each seed moves to its region's centroid, so regions become compact and of similar
+    size), then each cell repeated to its pixels. Every label 0..k-1 is present; regions are
+    unions of whole blocks.
+
+    Returns:
+        int64 array (h, w), values 0..k-1.
+    """
+    block = block or max(1, min(h, w) // 8)
+    ch, cw = -(-h // block), -(-w // block)
+    if k < 1 or k > ch * cw:
+        raise ValueError(f"k={k} regions do not fit in a {ch}x{cw} lattice of blocks")
+    rng = np.random.default_rng(seed)
+    cells = rng.choice(ch * cw, size=k, replace=False)
+    sy, sx = (c.astype(np.float64) for c in np.divmod(cells, cw))
+    yy, xx = np.mgrid[0:ch, 0:cw]
+
+    def voronoi(sy: np.ndarray, sx: np.ndarray) -> np.ndarray:
+        dist = (yy[None] - sy[:, None, None]) ** 2 + (xx[None] - sx[:, None, None]) ** 2
+        return dist.argmin(0)
+
+    coarse = voronoi(sy, sx)
+    for _ in range(relax):
+        counts = np.bincount(coarse.ravel(), minlength=k)
+        cy = np.bincount(coarse.ravel(), weights=yy.ravel(), minlength=k) / counts
+        cx = np.bincount(coarse.ravel(), weights=xx.ravel(), minlength=k) / counts
+        relaxed = voronoi(cy, cx)
+        if np.unique(relaxed).size < k:  # a region vanished: keep the last complete partition
+            break
+        coarse = relaxed
+    full = np.repeat(np.repeat(coarse, block, axis=0), block, axis=1)
+    return full[:h, :w].astype(np.int64)
+
+
+def planted_features(
+    labels: np.ndarray | torch.Tensor,
+    noise: float = 0.1,
+    seed: int = 0,
+    dim: int | None = None,
+) -> torch.Tensor:
+    """Token features of a label map: region r's one-hot vector e_r (in ``dim`` >= k dimensions,
+    default k) plus i.i.d. Gaussian noise of std ``noise``.
+
+    Returns:
+        float32 tensor (C, h, w), C = dim or k (the ``Encoding.features`` layout).
+    """
+    lab = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    k = int(lab.max()) + 1
+    dim = dim or k
+    if dim < k:
+        raise ValueError(f"dim={dim} < k={k}")
+    gen = torch.Generator().manual_seed(seed)
+    f = F.one_hot(lab, dim).to(torch.float32)  # (h, w, C)
+    f = f + noise * torch.randn(f.shape, generator=gen)
+    return f.permute(2, 0, 1).contiguous()
+
+
+def planted_attention(
+    labels: np.ndarray | torch.Tensor,
+    temperature: float = 0.1,
+    noise: float = 0.05,
+    seed: int = 0,
+    factors: tuple[int, ...] = (1, 2, 4, 8),
+) -> dict[tuple[int, int], torch.Tensor]:
+    """Self-attention of a label map, ``Encoding.attention``-style.
+
+    Features f = :func:`planted_features` (one-hot region + noise) on the label grid; for each
+    pooling factor s (kept only if it divides both sides and leaves at least 2 x 2 tokens) the
+    features are average-pooled by s and the attention of that query grid is
+    ``softmax_j(f_i . f_j / temperature)``.
+
+    Returns:
+        {(h/s, w/s): float32 (h*w/s^2, h/s, w/s)}, rows summing to 1.
+    """
+    feats = planted_features(labels, noise, seed)  # (C, h, w)
+    _, h, w = feats.shape
+    out: dict[tuple[int, int], torch.Tensor] = {}
+    for s in factors:
+        if h % s or w % s or h // s < 2 or w // s < 2:
+            continue
+        f = F.avg_pool2d(feats[None], s)[0] if s > 1 else feats
+        gh, gw = f.shape[1:]
+        tok = f.reshape(f.shape[0], gh * gw).T
+        out[(gh, gw)] = torch.softmax(tok @ tok.T / temperature, dim=1).reshape(gh * gw, gh, gw)
+    return out
+
+
+def adjusted_rand_index(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
+    """Adjusted Rand index (Hubert & Arabie 1985) of two labelings of the same pixels: 1 for
+    identical partitions (up to renaming), ~0 for independent ones."""
+    a = np.asarray(a).reshape(-1)
+    b = np.asarray(b).reshape(-1)
+    if a.shape != b.shape:
+        raise ValueError(f"labelings differ in size: {a.shape} vs {b.shape}")
+    _, ai = np.unique(a, return_inverse=True)
+    _, bi = np.unique(b, return_inverse=True)
+    table = np.zeros((ai.max() + 1, bi.max() + 1), dtype=np.int64)
+    np.add.at(table, (ai, bi), 1)
+
+    def pairs(x: np.ndarray) -> float:
+        x = x.astype(np.float64)
+        return float((x * (x - 1) / 2).sum())
+
+    n = a.size
+    index = pairs(table)
+    sum_a = pairs(table.sum(1))
+    sum_b = pairs(table.sum(0))
+    expected = sum_a * sum_b / (n * (n - 1) / 2) if n > 1 else 0.0
+    maximum = (sum_a + sum_b) / 2
+    if maximum == expected:  # both trivial (all one cluster or all singletons)
+        return 1.0
+    return (index - expected) / (maximum - expected)

@@ -1,0 +1,90 @@
+"""`diffuseg` command line end to end: files written, JSON valid, bad inputs, exit codes."""
+
+import json
+
+import numpy as np
+from PIL import Image
+from typer.testing import CliRunner
+
+from diffuseg.cli import app
+from diffuseg.io import read_label_png
+
+runner = CliRunner()
+
+
+def bands(h=48, w=72) -> np.ndarray:
+    image = np.zeros((h, w, 3), np.uint8)
+    image[:, : w // 2] = (200, 30, 30)
+    image[:, w // 2 :] = (30, 30, 200)
+    return image
+
+
+def make_inputs(folder):
+    folder.mkdir()
+    Image.fromarray(bands()).save(folder / "a.png")
+    Image.fromarray(bands()[:, ::-1]).save(folder / "b.jpg", quality=95)
+    (folder / "broken.png").write_bytes(Image.fromarray(bands()).tobytes()[:100])
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def test_segment_ncut_end_to_end_with_bad_files(tmp_path):
+    inputs = make_inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["segment", str(inputs), str(inputs / "notes.txt"),
+                                 str(tmp_path / "missing.png"), "--method", "ncut", "--out",
+                                 str(out)])
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 3  # broken.png, notes.txt, missing.png: one line each
+    assert any("broken.png" in e for e in errors) and any("missing.png" in e for e in errors)
+    assert "Traceback" not in result.output
+    for stem in ("a", "b"):
+        labels = read_label_png(out / f"{stem}.labels.png")
+        assert labels.shape == (48, 72)
+        assert (out / f"{stem}.overlay.png").is_file()
+        record = json.loads((out / f"{stem}.json").read_text())
+        assert record["config"]["method"] == "ncut"
+        assert record["num_segments"] == len(np.unique(labels)) >= 2
+        halves = np.zeros((48, 72), int)
+        halves[:, 36:] = 1
+        if stem == "b":
+            halves = 1 - halves
+        for k in np.unique(labels):  # every segment lies within one colour
+            assert len(np.unique(halves[labels == k])) == 1
+        assert sum(s["area"] for s in record["segments"]) == 48 * 72
+        assert record["hierarchy"][0]["size"] > 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{s}.{kind}" for s in ("a", "b") for kind in ("labels.png", "overlay.png", "json")
+    )  # nothing for the bad inputs, no temp files left
+
+
+def test_segment_all_good_exits_zero_and_params_parse(tmp_path):
+    Image.fromarray(bands()).save(tmp_path / "a.png")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["segment", str(tmp_path / "a.png"), "--method", "ncut",
+                                 "--out", str(out), "--tau", "0.05", "-p", "grid=24",
+                                 "-p", "refine=true"])
+    assert result.exit_code == 0, result.output
+    cfg = json.loads((out / "a.json").read_text())["config"]
+    assert cfg["tau"] == 0.05 and cfg["grid"] == 24 and cfg["refine"] is True
+    bad = runner.invoke(app, ["segment", str(tmp_path / "a.png"), "--method", "ncut",
+                              "-p", "nonsense=1"])
+    assert bad.exit_code == 2 and "unknown setting" in bad.output
+
+
+def test_missing_weights_is_one_clear_line(tmp_path):
+    Image.fromarray(bands()).save(tmp_path / "a.png")
+    result = runner.invoke(app, ["segment", str(tmp_path / "a.png"), "--method", "diffcut",
+                                 "--backbone", str(tmp_path / "no-model-here"), "--out",
+                                 str(tmp_path / "out")])
+    assert result.exit_code == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.output
+
+
+def test_listing_commands():
+    methods = runner.invoke(app, ["methods"])
+    assert methods.exit_code == 0 and "diffcut" in methods.output and "ncut" in methods.output
+    backbones = runner.invoke(app, ["backbones"])
+    assert backbones.exit_code == 0 and "segmind/SSD-1B" in backbones.output
