@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from planted import adjusted_rand_index, planted_features, planted_labels  # noqa: E402
-
 from diffuseg.graph.affinity import cosine_affinity  # noqa: E402
 from diffuseg.graph.ncut import recursive_ncut  # noqa: E402
+
+from planted import adjusted_rand_index, planted_features, planted_labels  # noqa: E402
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:

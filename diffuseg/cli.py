@@ -87,7 +87,7 @@ def segment_command(
         help="Backbone preset or local model folder (default: the method's).")] = None,
     tau: Annotated[float | None, typer.Option(help="Cut / merge threshold.")] = None,
     alpha: Annotated[float | None, typer.Option(help="Affinity exponent.")] = None,
-    size: Annotated[int | None, typer.Option(help="Long side (px) the image is encoded at.")] = None,
+    size: Annotated[int | None, typer.Option(help="Long side (px) to encode at.")] = None,
     no_refine: Annotated[bool, typer.Option("--no-refine", help="Skip PAMR refinement.")] = False,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, ...")] = None,
     dtype: Annotated[str | None, typer.Option(help="float32, float16, bfloat16.")] = None,
@@ -101,8 +101,13 @@ def segment_command(
     from tqdm import tqdm
 
     from diffuseg.backbones import WeightsNotFoundError
-    from diffuseg.io import iter_image_paths, load_image, write_json, write_label_png, \
-        write_overlay_png
+    from diffuseg.io import (
+        iter_image_paths,
+        load_image,
+        write_json,
+        write_label_png,
+        write_overlay_png,
+    )
     from diffuseg.methods import get_method
     from diffuseg.segmenter import Segmenter
     from diffuseg.types import Encoding
@@ -158,10 +163,10 @@ def segment_command(
 def encode_command(
     inputs: Annotated[list[Path], typer.Argument(help="Images or folders of images.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("encodings"),
-    backbone: Annotated[str, typer.Option(help="Backbone preset or local model folder.")] = "ssd-1b",
+    backbone: Annotated[str, typer.Option(help="Backbone preset or model folder.")] = "ssd-1b",
     method: Annotated[str | None, typer.Option(
         help="Capture only what this method needs (default: features and attention).")] = None,
-    size: Annotated[int | None, typer.Option(help="Long side (px) the image is encoded at.")] = None,
+    size: Annotated[int | None, typer.Option(help="Long side (px) to encode at.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, ...")] = None,
     dtype: Annotated[str | None, typer.Option(help="float32, float16, bfloat16.")] = None,
     recursive: Annotated[bool, typer.Option(help="Descend into sub-folders.")] = False,

@@ -40,7 +40,7 @@ class Segmenter:
     """A segmentation method bound to a diffusion backbone.
 
     Args:
-        method: a name from :func:`diffuseg.list_methods` ("diffcut", "diffseg", "dwc", "ncut", ...).
+        method: a name from :func:`diffuseg.list_methods` ("diffcut", "diffseg", "ncut", ...).
         backbone: a preset name (:func:`diffuseg.list_backbones`) or a local model folder;
             default: the method's paper backbone. Loaded on first use only.
         device, dtype: where and how the backbone runs (default: CUDA with half precision when

@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 import torch
-from planted import adjusted_rand_index, planted_features, planted_labels
 from PIL import Image
 
 import diffuseg
 from diffuseg import Encoding, Segmenter
+
+from planted import adjusted_rand_index, planted_features, planted_labels
 
 
 def three_bands(h=60, w=90) -> np.ndarray:

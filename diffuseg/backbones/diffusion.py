@@ -180,6 +180,7 @@ class Backbone:
         # Both sides a multiple of the UNet's total down-sampling, and of 64 px at least (the
         # SD 1.x deepest level; SDXL's 32 px would do, 64 keeps all families on one grid).
         self.multiple = max(64, self.vae_scale_factor * 2**n_down)
+        self._feature_level = self._find_feature_level()
 
     # -- descriptive -------------------------------------------------------------------------
     @property
@@ -212,11 +213,11 @@ class Backbone:
         """Token grid (h, w) of the feature layer for a processed image of (height, width)."""
         latent = (height // self.vae_scale_factor, width // self.vae_scale_factor)
         h, w = latent
-        for _ in range(self._feature_level()):
+        for _ in range(self._feature_level):
             h, w = -(-h // 2), -(-w // 2)
         return h, w
 
-    def _feature_level(self) -> int:
+    def _find_feature_level(self) -> int:
         # number of down-samplings before the feature layer = index of its down block
         path = self.preset.feature_block
         for i, block in enumerate(self.unet.down_blocks):
@@ -242,8 +243,8 @@ class Backbone:
     # -- the pipeline pieces -----------------------------------------------------------------
     @torch.inference_mode()
     def latents(self, images: np.ndarray) -> torch.Tensor:
-        """VAE posterior mean x scaling factor of a uint8 batch (B, H, W, 3) -> (B, 4, H/8, W/8)
-        in the UNet's dtype on its device."""
+        """VAE posterior mean x scaling factor of a uint8 batch (B, H, W, 3): float32
+        (B, 4, H/8, W/8) on the backbone's device (the VAE runs in ``vae_dtype``)."""
         x = torch.from_numpy(np.array(images, dtype=np.uint8)).to(self.device)  # writable copy
         x = x.permute(0, 3, 1, 2).to(self.vae_dtype) / 127.5 - 1.0
         z = self.vae.encode(x).latent_dist.mean
@@ -251,13 +252,13 @@ class Backbone:
         if shift is not None:
             z = z - shift
         z = z * self.vae.config.scaling_factor
-        return z.to(self.dtype)
+        return z.float()
 
     def _noise(self, latents: torch.Tensor, seed: int) -> torch.Tensor:
         gen = torch.Generator(device=self.device).manual_seed(int(seed))
         shape = (1, *latents.shape[1:])
         eps = torch.randn(shape, generator=gen, device=self.device, dtype=torch.float32)
-        return eps.to(latents.dtype).expand_as(latents)
+        return eps.expand_as(latents)
 
     @torch.inference_mode()
     def features(
@@ -270,7 +271,7 @@ class Backbone:
         batch = latents.shape[0]
         eps = self._noise(latents, seed)
         ts = torch.full((batch,), t, dtype=torch.long, device=self.device)
-        noisy = self.scheduler.add_noise(latents, eps, ts).to(self.dtype)
+        noisy = self.scheduler.add_noise(latents.float(), eps, ts).to(self.dtype)  # noise in fp32
         height = latents.shape[-2] * self.vae_scale_factor
         width = latents.shape[-1] * self.vae_scale_factor
         hook = FeatureHook(self.feature_module, stop=True)

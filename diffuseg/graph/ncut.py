@@ -25,9 +25,10 @@ Two modes:
 
 Self-loops: with alpha = 10 the diagonal of a min-max cosine affinity is 1 while off-diagonal
 entries are raised towards 0, so with noisy features a token's own weight dominates its degree and
-isolated tokens look like cheap cuts: the recursion shatters into single tokens. ``self_loops=False``
-zeroes the diagonal; planted partitions are then recovered up to much heavier noise (see
-tests/graph/test_ncut.py). The official code keeps self-loops, so that is the DiffCut default.
+isolated tokens look like cheap cuts: the recursion shatters into single tokens.
+``self_loops=False`` zeroes the diagonal; planted partitions are then recovered up to much
+heavier noise (see tests/graph/test_ncut.py). The official code keeps self-loops, so that is the
+DiffCut default.
 """
 
 from __future__ import annotations

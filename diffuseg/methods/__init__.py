@@ -39,7 +39,9 @@ class MethodSpec:
     def needs_backbone(self) -> bool:
         return bool(self.needs & {"features", "attention"})
 
-    def make_config(self, overrides: dict[str, Any] | None = None, defaults: dict[str, Any] | None = None):
+    def make_config(
+        self, overrides: dict[str, Any] | None = None, defaults: dict[str, Any] | None = None
+    ):
         """The config with ``defaults`` (e.g. a backbone preset's) then ``overrides`` applied.
 
         Unknown keys raise ``ValueError`` naming the valid ones.

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+_UPSAMPLE_CHUNK_ELEMS = 1 << 24  # 64 MiB of upsampled maps at a time in the argmax
+
 
 def segment_prototypes(tokens: torch.Tensor, token_labels: torch.Tensor, k: int) -> torch.Tensor:
     """Mean feature of each segment.
@@ -22,18 +24,41 @@ def segment_prototypes(tokens: torch.Tensor, token_labels: torch.Tensor, k: int)
     return sums / counts[:, None]
 
 
-def assign_by_scores(scores: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
-    """Bilinearly upsample per-segment score maps and take the per-pixel argmax.
+def upsample_argmax(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Per-pixel argmax of maps resized bilinearly (``align_corners=False``) to ``size``.
+
+    Computed in chunks of maps with a running maximum, so memory stays bounded however many
+    maps there are; ties go to the lowest index (as ``argmax``).
 
     Args:
-        scores: (K, h, w) float scores on the token grid.
-        output_size: (H, W).
+        maps: (P, h, w) float, P >= 1.
+        size: output (H, W).
     Returns:
-        (H, W) int64 labels in 0..K-1.
+        int64 tensor (H, W) with values in [0, P).
     """
-    up = F.interpolate(scores[None].float(), size=tuple(output_size), mode="bilinear",
-                       align_corners=False)[0]
-    return up.argmax(dim=0)
+    if maps.ndim != 3 or maps.shape[0] == 0:
+        raise ValueError(f"maps must be (P, h, w) with P >= 1, got {tuple(maps.shape)}")
+    height, width = int(size[0]), int(size[1])
+    if not maps.is_floating_point() or maps.dtype in (torch.float16, torch.bfloat16):
+        maps = maps.float()
+    if (height, width) == tuple(maps.shape[1:]):
+        return maps.argmax(0)
+    step = max(1, _UPSAMPLE_CHUNK_ELEMS // (height * width))
+    best_val = best_idx = None
+    for s in range(0, maps.shape[0], step):
+        up = F.interpolate(
+            maps[s : s + step].unsqueeze(1), size=(height, width), mode="bilinear",
+            align_corners=False,
+        )[:, 0]
+        val, idx = up.max(0)
+        idx += s
+        if best_val is None:
+            best_val, best_idx = val, idx
+        else:
+            better = val > best_val
+            best_val = torch.where(better, val, best_val)
+            best_idx = torch.where(better, idx, best_idx)
+    return best_idx
 
 
 def assign_concepts(
@@ -66,4 +91,4 @@ def assign_concepts(
     k = int(labels.max()) + 1
     prototypes = segment_prototypes(tokens, labels, k)
     scores = (tokens @ prototypes.T).T.reshape(k, h, w)
-    return assign_by_scores(scores, output_size)
+    return upsample_argmax(scores, output_size)

@@ -21,13 +21,9 @@ from dataclasses import dataclass
 import torch
 
 from diffuseg.methods import MethodSpec, register
+from diffuseg.methods.assign import upsample_argmax
 from diffuseg.methods.common import finish, output_size_for
-from diffuseg.methods.diffseg import (
-    aggregate_attention,
-    exact_fp32,
-    relabel_consecutive,
-    upsample_argmax,
-)
+from diffuseg.methods.diffseg import aggregate_attention, exact_fp32, relabel_consecutive
 from diffuseg.types import Encoding, Segmentation
 
 #: K of K-Means-C (DiffSeg's baseline with a constant number of clusters).
@@ -56,7 +52,7 @@ def kmeans_pp_init(x: torch.Tensor, k: int, generator: torch.Generator) -> torch
     if n == 0:
         raise ValueError("k-means needs at least one point")
     with exact_fp32(x.device):
-        x_sq = x.square().sum(1)
+        x_sq = torch.linalg.vector_norm(x, dim=1).square_()
         first = int(torch.randint(n, (1,), generator=generator).item())
         chosen = [first]
         d2 = _sq_dist_to(x, x_sq, x[first])
@@ -185,7 +181,8 @@ def run_kmeans(
         Segmentation: labels (H, W) int32 0..K-1 (clusters renumbered in cluster order, those
         winning no output pixel removed); token_labels (h, w) int32 = each token's cluster under
         the same numbering (a removed cluster's tokens take the output label at the token
-        centre); config ``{"method": "kmeans", **asdict(config)}``.
+        centre); config ``{"method": "kmeans", **asdict(config)}`` plus the resolved output
+        size and backbone facts (packaged by :func:`diffuseg.methods.common.finish`).
     """
     config = config or KMeansConfig()
     if not encoding.attention:

@@ -95,7 +95,9 @@ def _scaled_features(image: torch.Tensor, size: tuple[int, int], long_side: int,
     return torch.cat([lab, pos], dim=1)
 
 
-def image_affinity(features: torch.Tensor, config: ClassicNCutConfig, long_side: int) -> torch.Tensor:
+def image_affinity(
+    features: torch.Tensor, config: ClassicNCutConfig, long_side: int
+) -> torch.Tensor:
     """Shi-Malik affinity of (N, 5) scaled colour+position features: (N, N) float32."""
     colour, pos = features[:, :3], features[:, 3:]
     d_colour = torch.cdist(colour, colour).square_()

@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from diffuseg.methods import MethodSpec, register
+from diffuseg.methods.assign import upsample_argmax
 from diffuseg.methods.common import finish, output_size_for
 from diffuseg.types import Encoding, Segmentation
 
@@ -57,7 +58,6 @@ DIFFSEG_PRESETS: dict[str, float] = {"coco-stuff-27": 1.1, "cityscapes": 0.9}
 # Working-set budgets (number of float elements per temporary) for the chunked loops.
 _FAST_CHUNK_ELEMS = 1 << 22  # 16 MiB of fp32 per chunk of log-maps in the fast KL
 _REFERENCE_CHUNK_ELEMS = 1 << 24  # 64 MiB of fp32 per (anchors x maps x keys) block
-_UPSAMPLE_CHUNK_ELEMS = 1 << 24  # 64 MiB of upsampled maps at a time in the argmax
 
 
 # --------------------------------------------------------------------------------------------
@@ -458,42 +458,6 @@ def refine_proposals(
 # --------------------------------------------------------------------------------------------
 
 
-def upsample_argmax(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Per-pixel argmax of maps resized bilinearly (``align_corners=False``) to ``size``.
-
-    Computed in chunks of maps with a running maximum, so memory stays bounded however many
-    maps there are; ties go to the lowest index (as ``argmax``).
-
-    Args:
-        maps: (P, h, w) float, P >= 1.
-        size: output (H, W).
-    Returns:
-        int64 tensor (H, W) with values in [0, P).
-    """
-    if maps.ndim != 3 or maps.shape[0] == 0:
-        raise ValueError(f"maps must be (P, h, w) with P >= 1, got {tuple(maps.shape)}")
-    height, width = int(size[0]), int(size[1])
-    maps = maps.to(_work_dtype(maps))
-    if (height, width) == tuple(maps.shape[1:]):
-        return maps.argmax(0)
-    step = max(1, _UPSAMPLE_CHUNK_ELEMS // (height * width))
-    best_val = best_idx = None
-    for s in range(0, maps.shape[0], step):
-        up = F.interpolate(
-            maps[s : s + step].unsqueeze(1), size=(height, width), mode="bilinear",
-            align_corners=False,
-        )[:, 0]
-        val, idx = up.max(0)
-        idx += s
-        if best_val is None:
-            best_val, best_idx = val, idx
-        else:
-            better = val > best_val
-            best_val = torch.where(better, val, best_val)
-            best_idx = torch.where(better, idx, best_idx)
-    return best_idx
-
-
 def relabel_consecutive(labels: torch.Tensor, num: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Map the label values present in ``labels`` (ints in [0, num)) to 0..K-1 in increasing
     order of the old value.
@@ -547,7 +511,9 @@ class DiffSegConfig:
         anchor_grid: anchors per axis (M; M x M anchors).
         weights: aggregation weight per attention grid, finest first (normalised to sum 1);
             None = proportional to resolution.
-        kl_epsilon: added before every log in the KL (> 0).
+        kl_epsilon: added before every log in the KL (> 0). 1e-8 keeps logs of zeros finite
+            (the official float16 code gets NaN there and never merges such pairs) while
+            staying far below the values that matter (a uniform map over 64 x 64 keys is 2.4e-4).
         refine_kmeans: K-means refinement of the proposals (off in the paper's benchmarks, on
             in the official demo).
         refine_iterations: max Lloyd iterations of that refinement (sklearn's default 300).
@@ -692,5 +658,4 @@ __all__ = [
     "run_diffseg",
     "segment_aggregated",
     "symmetric_kl",
-    "upsample_argmax",
 ]

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-from planted import adjusted_rand_index, planted_features, planted_labels
 
 from diffuseg.graph.affinity import cosine_affinity
 from diffuseg.graph.eigen import fiedler_vector
@@ -15,6 +14,8 @@ from diffuseg.graph.ncut import (
     recursive_ncut,
     sampled_sweep,
 )
+
+from planted import adjusted_rand_index, planted_features, planted_labels
 
 
 def random_graph(n: int, seed: int, density: float = 1.0) -> torch.Tensor:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from planted import adjusted_rand_index, planted_attention, planted_labels
 
 from diffuseg.methods import get_method
 from diffuseg.methods.baselines import (
@@ -19,6 +18,8 @@ from diffuseg.methods.baselines import (
 )
 from diffuseg.methods.diffseg import aggregate_attention
 from diffuseg.types import Encoding
+
+from planted import adjusted_rand_index, planted_attention, planted_labels
 
 
 def test_adjusted_rand_index_helper():

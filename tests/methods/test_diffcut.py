@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from planted import adjusted_rand_index, planted_features, planted_labels
 
 from diffuseg.eval.matching import hungarian_scores
 from diffuseg.graph.affinity import cosine_affinity
@@ -12,6 +11,8 @@ from diffuseg.methods import get_method
 from diffuseg.methods.assign import assign_concepts
 from diffuseg.methods.diffcut import DiffCutConfig, diffcut_tokens, run_diffcut
 from diffuseg.types import Encoding
+
+from planted import adjusted_rand_index, planted_features, planted_labels
 
 
 def test_cosine_affinity_matches_the_formula():

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from planted import adjusted_rand_index, planted_attention, planted_labels
 
-import diffuseg.methods.diffseg as ds
+import diffuseg.methods.assign as assign
 from diffuseg.methods import get_method
+from diffuseg.methods.assign import upsample_argmax
 from diffuseg.methods.diffseg import (
     DIFFSEG_PRESETS,
     DiffSegConfig,
@@ -26,9 +26,10 @@ from diffuseg.methods.diffseg import (
     run_diffseg,
     segment_aggregated,
     symmetric_kl,
-    upsample_argmax,
 )
 from diffuseg.types import Encoding, Segmentation
+
+from planted import adjusted_rand_index, planted_attention, planted_labels
 
 # 1-D bilinear (half-pixel centres) upsampling x2 of a delta on 2 samples, worked out by hand:
 # output sample j sits at source coordinate j/2 - 1/4, clamped to [0, 1].
@@ -243,7 +244,7 @@ def test_upsample_argmax_chunked_equals_direct(monkeypatch):
     maps = torch.rand(23, 6, 5, generator=gen)
     direct = F.interpolate(maps[None], size=(13, 11), mode="bilinear",
                            align_corners=False)[0].argmax(0)
-    monkeypatch.setattr(ds, "_UPSAMPLE_CHUNK_ELEMS", 3 * 13 * 11)  # chunks of 3 maps
+    monkeypatch.setattr(assign, "_UPSAMPLE_CHUNK_ELEMS", 3 * 13 * 11)  # chunks of 3 maps
     assert torch.equal(upsample_argmax(maps, (13, 11)), direct)
     assert torch.equal(upsample_argmax(maps, (6, 5)), maps.argmax(0))
 
