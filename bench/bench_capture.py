@@ -9,7 +9,9 @@ capture variant the result maps (the per-grid running sums, kept as the output) 
 the peak and counted. The capture process also checks that the UNet
 output equals the plain one. ``--quick``: a narrow SD 1.x UNet at 256 px.
 
-    .venv/bin/python bench/bench_capture.py [--quick] [--threads 2]
+Children run with glibc's mmap threshold fixed at 64 KiB so that RSS tracks live tensors.
+
+    .venv/bin/python bench/bench_capture.py [--quick] [--threads 1] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -133,10 +136,21 @@ def child(variant: str, quick: bool, size: int, threads: int, repeat: int) -> di
     return result
 
 
+def _child_env() -> dict[str, str]:
+    """glibc settings that make RSS follow live tensor memory: every allocation of 64 KiB or more
+    is its own mmap, returned to the system when freed (no heap reuse or fragmentation that
+    would differ between runs)."""
+    env = dict(os.environ)
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(64 << 10))
+    env.setdefault("MALLOC_TRIM_THRESHOLD_", str(64 << 10))
+    env.setdefault("MALLOC_ARENA_MAX", "2")
+    return env
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="1: steadiest CPU time")
     parser.add_argument("--size", type=int, default=None, help="input px (512; quick 256)")
     parser.add_argument("--repeat", type=int, default=3, help="timed passes (best is kept)")
     parser.add_argument("--child", choices=["plain", "capture"], help=argparse.SUPPRESS)
@@ -161,7 +175,7 @@ def main() -> None:
             str(args.repeat),
         ]
         cmd += ["--quick"] if args.quick else []
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=_child_env())
         if proc.returncode != 0:
             sys.exit(f"{variant} run failed:\n{proc.stderr[-3000:]}")
         results[variant] = json.loads(proc.stdout.strip().splitlines()[-1])

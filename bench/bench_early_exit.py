@@ -12,7 +12,7 @@
    best of ``--repeat`` runs, after one warm-up run; early exit and full pass must give the same
    features.
 
-    .venv/bin/python bench/bench_early_exit.py [--quick] [--threads 2] [--repeat 2]
+    .venv/bin/python bench/bench_early_exit.py [--quick] [--threads 1] [--repeat 2]
 """
 
 from __future__ import annotations
@@ -178,7 +178,7 @@ def timing_section(width: int, heads: tuple[int, int, int], resolution: int, rep
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small timing model (seconds)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="1: steadiest CPU time")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--resolution", type=int, default=1024, help="FLOP count input size")
     args = parser.parse_args()

@@ -79,8 +79,8 @@ def _output_stem(path: Path, used: set[str]) -> str:
 
 @app.command("segment")
 def segment_command(
-    inputs: Annotated[list[Path], typer.Argument(help="Images, folders of images, or saved "
-                                                      "Encodings (.safetensors).")],
+    inputs: Annotated[list[Path] | None, typer.Argument(
+        help="Images, folders of images, or saved Encodings (.safetensors).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("out"),
     method: Annotated[str, typer.Option(help="Method: see `diffuseg methods`.")] = "diffcut",
     backbone: Annotated[str | None, typer.Option(
@@ -125,7 +125,7 @@ def segment_command(
         _error(str(exc))
         raise typer.Exit(2) from None
 
-    paths = iter_image_paths(list(inputs), recursive=recursive) + list(encoding or [])
+    paths = iter_image_paths(list(inputs or []), recursive=recursive) + list(encoding or [])
     if not paths:
         _error("no input images")
         raise typer.Exit(2)

@@ -3,11 +3,13 @@
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
 from diffuseg.cli import app
 from diffuseg.io import read_label_png
+from diffuseg.types import Encoding
 
 runner = CliRunner()
 
@@ -88,3 +90,47 @@ def test_listing_commands():
     assert methods.exit_code == 0 and "diffcut" in methods.output and "ncut" in methods.output
     backbones = runner.invoke(app, ["backbones"])
     assert backbones.exit_code == 0 and "segmind/SSD-1B" in backbones.output
+
+
+@pytest.fixture(scope="module")
+def tiny_sd1(tmp_path_factory):
+    from tiny_models import make_tiny_pipeline
+
+    return make_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "sd1", family="sd1")
+
+
+@pytest.mark.parametrize("method", ["diffcut", "diffseg", "kmeans"])
+def test_segment_with_a_tiny_saved_model(tmp_path, tiny_sd1, method):
+    Image.fromarray(bands(96, 160)).save(tmp_path / "a.png")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["segment", str(tmp_path / "a.png"), "--method", method,
+                                 "--backbone", str(tiny_sd1), "--size", "128", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "a.json").read_text())
+    assert record["config"]["method"] == method
+    assert record["config"]["family"] == "sd1"
+    assert record["size"] == [96, 160]
+    assert read_label_png(out / "a.labels.png").shape == (96, 160)
+    if method == "diffcut":
+        assert record["config"]["tau"] == 0.2  # the SD 1.x default
+
+
+def test_encode_once_then_segment_without_the_model(tmp_path, tiny_sd1):
+    Image.fromarray(bands(96, 160)).save(tmp_path / "a.png")
+    enc_dir = tmp_path / "enc"
+    result = runner.invoke(app, ["encode", str(tmp_path / "a.png"), "--backbone", str(tiny_sd1),
+                                 "--size", "128", "--out", str(enc_dir)])
+    assert result.exit_code == 0, result.output
+    saved = enc_dir / "a.safetensors"
+    encoding = Encoding.load(saved)
+    assert encoding.features is not None and encoding.attention  # both, for every method
+    assert encoding.meta["original_size"] == [96, 160]
+    for method, extra in (("diffcut", ["--tau", "0.3"]), ("diffseg", ["--tau", "1.1"])):
+        out = tmp_path / method
+        result = runner.invoke(app, ["segment", "--encoding", str(saved), "--method", method,
+                                     "--out", str(out), *extra])
+        assert result.exit_code == 0, result.output
+        record = json.loads((out / "a.json").read_text())
+        assert record["config"]["tau"] == float(extra[1])
+        assert read_label_png(out / "a.labels.png").shape == (96, 160)
+        assert (out / "a.overlay.png").is_file()

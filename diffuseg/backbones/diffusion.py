@@ -455,6 +455,26 @@ def _model_folder(preset: BackbonePreset) -> Path:
     return Path(folder)
 
 
+def _missing_files(folder: Path, family: str) -> list[str]:
+    """What the folder lacks among the files loading needs (checked before reading anything)."""
+    text = ["text_encoder", "text_encoder_2"] if family == "sdxl" else ["text_encoder"]
+    tokenizers = ["tokenizer", "tokenizer_2"] if family == "sdxl" else ["tokenizer"]
+    missing = []
+    if not (folder / "scheduler" / "scheduler_config.json").is_file():
+        missing.append("scheduler/scheduler_config.json")
+    for sub in tokenizers:
+        d = folder / sub
+        if not ((d / "tokenizer.json").is_file() or (d / "vocab.json").is_file()):
+            missing.append(f"{sub}/vocab.json")
+    for sub in [*text, "vae", "unet"]:
+        d = folder / sub
+        if not (d / "config.json").is_file():
+            missing.append(f"{sub}/config.json")
+        if not any(d.glob("*.safetensors")):
+            missing.append(f"{sub}/*.safetensors")
+    return missing
+
+
 def _transformers_dtype_kw() -> str:
     import transformers
 
@@ -475,25 +495,24 @@ class _Loader:
         repo = None if self.preset.is_local else source
         where = source if self.preset.is_local else f"{source} (files in {self.folder})"
         return WeightsNotFoundError(
-            f"cannot load {what} of backbone {self.preset.name!r} from {where}. "
-            f"{weights_help(repo)}"
+            f"cannot load backbone {self.preset.name!r} from {where}: {what}. {weights_help(repo)}"
         )
 
     def __call__(self, cls: Any, subfolder: str, **kwargs: Any) -> Any:
         if not (self.folder / subfolder).is_dir():
-            raise self.missing(f"{subfolder!r} (no such folder)")
+            raise self.missing(f"no {subfolder}/ folder")
         try:
             return cls.from_pretrained(
                 str(self.folder), subfolder=subfolder, local_files_only=True, **kwargs
             )
         except self.errors as exc:
-            raise self.missing(f"{subfolder!r} ({describe_missing(exc)})") from None
+            raise self.missing(f"{subfolder}/: {describe_missing(exc)}") from None
 
     def tokenizer(self, cls: Any, subfolder: str) -> Any:
         # transformers 5 silently builds an empty tokenizer when the files are missing: check.
         d = self.folder / subfolder
         if not ((d / "tokenizer.json").is_file() or (d / "vocab.json").is_file()):
-            raise self.missing(f"{subfolder!r} (no tokenizer.json or vocab.json)")
+            raise self.missing(f"no {subfolder}/tokenizer.json or {subfolder}/vocab.json")
         return self(cls, subfolder)
 
 
@@ -563,6 +582,9 @@ def load_backbone(
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     load = _Loader(preset, folder)
+    missing = _missing_files(folder, preset.family)
+    if missing:
+        raise load.missing("missing " + ", ".join(missing))
     tkw = {_transformers_dtype_kw(): dtype, "use_safetensors": True}
     if preset.family == "sdxl":
         text = [("text_encoder", CLIPTextModel), ("text_encoder_2", CLIPTextModelWithProjection)]

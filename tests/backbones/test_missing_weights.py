@@ -52,7 +52,7 @@ def test_folder_without_unet_weights(tiny_dirs, tmp_path, monkeypatch):
     folder = shutil.copytree(tiny_dirs["sd1"], tmp_path / "broken")
     for f in (folder / "unet").glob("*.safetensors"):
         f.unlink()
-    with pytest.raises(WeightsNotFoundError, match="'unet'") as info:
+    with pytest.raises(WeightsNotFoundError, match=r"missing unet/\*\.safetensors") as info:
         load_backbone(folder)
     _assert_helpful(str(info.value))
 
@@ -63,6 +63,25 @@ def test_folder_without_tokenizer_files(tiny_dirs, tmp_path, monkeypatch):
     folder = shutil.copytree(tiny_dirs["sdxl"], tmp_path / "broken")
     shutil.rmtree(folder / "tokenizer_2")
     (folder / "tokenizer_2").mkdir()
-    with pytest.raises(WeightsNotFoundError, match="tokenizer_2") as info:
+    with pytest.raises(WeightsNotFoundError, match="missing tokenizer_2/vocab.json") as info:
         load_backbone(folder)
     _assert_helpful(str(info.value))
+
+
+def test_hub_kwargs_follow_the_environment_now(monkeypatch, tmp_path):
+    from diffuseg.backbones import registry
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert registry.hub_kwargs(False, "a/b") == {
+        "local_files_only": True,
+        "cache_dir": str(tmp_path / "hub"),
+    }
+    assert registry.hub_kwargs(True) == {"local_files_only": True}
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    # an unreachable hub means: the cache only, no per-file retries
+    monkeypatch.setattr(registry, "_hub_reachable", lambda repo: False)
+    assert registry.hub_kwargs(False, "a/b")["local_files_only"] is True
+    monkeypatch.setattr(registry, "_hub_reachable", lambda repo: True)
+    assert registry.hub_kwargs(False, "a/b")["local_files_only"] is False
