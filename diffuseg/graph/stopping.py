@@ -44,7 +44,6 @@ import torch
 from diffuseg.graph.ncut import ConstantTau, CutResult, SplitCandidate, StoppingRule, recursive_ncut
 from diffuseg.types import Hierarchy, HierarchyNode
 
-
 # --------------------------------------------------------------------------------------------
 # per-candidate rules
 # --------------------------------------------------------------------------------------------

@@ -91,7 +91,9 @@ def transition_matrix(
     if a.ndim == 3:
         n, h, w = a.shape
         if n != h * w:
-            raise ValueError(f"aggregated attention (N, h, w) needs N = h * w, got {tuple(a.shape)}")
+            raise ValueError(
+                f"aggregated attention (N, h, w) needs N = h * w, got {tuple(a.shape)}"
+            )
         a = a.reshape(n, n)
     _check_square(a, "aggregated attention")
     if not bool(torch.isfinite(a).all()):

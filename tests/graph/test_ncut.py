@@ -50,7 +50,9 @@ def test_exact_sweep_never_worse_than_the_100_threshold_sweep(seed):
     v, _ = fiedler_vector(w, w.sum(1))
     _, exact, _ = exact_sweep(w, v)
     _, sampled, _ = sampled_sweep(w, v)
-    assert exact <= sampled + 1e-9
+    # float32 row sums in the exact sweep: agreement to float32 precision where both pick the
+    # same split
+    assert exact <= sampled * (1 + 1e-6)
 
 
 def test_sampled_sweep_matches_the_definition():
