@@ -19,6 +19,15 @@ def three_bands(h=60, w=90) -> np.ndarray:
     return image
 
 
+def test_every_method_that_needs_a_backbone_names_its_paper_backbone():
+    from diffuseg.methods import get_method
+
+    expected = {"diffcut": "ssd-1b", "diffseg": "sd14", "kmeans": "sd14", "ncut": None}
+    for name, backbone in expected.items():
+        assert get_method(name).default_backbone == backbone
+        assert Segmenter(method=name).backbone_name == backbone
+
+
 def test_listing():
     assert {"diffcut", "diffseg", "ncut", "kmeans"} <= set(diffuseg.list_methods())
     assert diffuseg.list_backbones() == ["sd14", "sd15", "sd21", "sdxl", "ssd-1b", "vega"]

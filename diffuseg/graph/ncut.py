@@ -152,7 +152,7 @@ def exact_sweep(
 def _sorted_sweep(
     wp: torch.Tensor, sorted_v: torch.Tensor, min_size: int
 ) -> tuple[int | None, float, torch.Tensor]:
-    """:func:`exact_sweep` on an affinity already sorted by descending v: (size of A, NCut, sweep)."""
+    """:func:`exact_sweep` on an affinity sorted by descending v: (size of A, NCut, sweep)."""
     n = wp.shape[0]
     # Row sums in the matrix's dtype (sums of non-negative terms are accurate); the running sums
     # and their differences in float64.

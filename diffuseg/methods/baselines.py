@@ -214,6 +214,7 @@ register(
         run=run_kmeans,
         needs=frozenset({"attention"}),
         summary="K-means baseline (K-Means-C / -S) on aggregated self-attention rows",
+        default_backbone="sd14",
     )
 )
 

@@ -638,6 +638,7 @@ register(
         run=run_diffseg,
         needs=frozenset({"attention"}),
         summary="DiffSeg (Tian et al. CVPR 2024): merge self-attention maps by symmetric KL",
+        default_backbone="sd14",
     )
 )
 
