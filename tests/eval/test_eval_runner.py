@@ -200,3 +200,19 @@ def test_dataset_level_matching_through_the_runner(coco, tmp_path):
     hist = np.sum([np.array(r["hist"]) for r in recs.values()], axis=0)
     assert hist.shape == (27, 32) and result["matching"] == "dataset"
     assert result["counts"] == dataset_scores(hist).to_dict()
+
+
+@pytest.mark.parametrize("method", ["diffseg", "kmeans", "dwc"])
+def test_attention_methods_through_the_runner(coco, tmp_path, method):
+    """Every attention-based method runs through the harness on a tiny saved model."""
+    from tiny_models import make_tiny_pipeline
+
+    model = make_tiny_pipeline(tmp_path / "tiny", family="sd1")
+    result = evaluate(
+        settings(coco, method=method, backbone=str(model), params={}, limit=2, protocol="diffseg",
+                 input_size=128, device="cpu", dtype="float32"),
+        tmp_path / "out", progress=False,
+    )
+    assert result["num_images"] == 2 and result["method"] == method
+    assert 0.0 <= result["miou"] <= 1.0
+    assert (tmp_path / "out" / "results.md").is_file()
