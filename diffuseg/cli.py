@@ -22,6 +22,7 @@ app = typer.Typer(
 )
 
 ENCODING_SUFFIX = ".safetensors"
+OUTPUT_FORMATS = ("png", "coco", "npz")
 
 
 def _error(message: str) -> None:
@@ -96,8 +97,14 @@ def segment_command(
     param: Annotated[list[str] | None, typer.Option(
         "--param", "-p", help="Any method setting as KEY=VALUE (repeatable).")] = None,
     recursive: Annotated[bool, typer.Option(help="Descend into sub-folders.")] = False,
+    output_format: Annotated[str, typer.Option(
+        "--format", "-f",
+        help="Output format(s), comma-separated: png (<name>.labels.png, .overlay.png, .json), "
+             "coco (<name>.masks.json: COCO RLE masks, SAM field names), "
+             "npz (<name>.npz: labels int32 + JSON meta, no pickles).")] = "png",
 ) -> None:
-    """Segment images: writes <name>.labels.png, <name>.overlay.png and <name>.json per input."""
+    """Segment images: writes <name>.labels.png, <name>.overlay.png and <name>.json per input
+    (or COCO RLE masks / .npz with --format)."""
     from tqdm import tqdm
 
     from diffuseg.backbones import WeightsNotFoundError
@@ -106,12 +113,20 @@ def segment_command(
         load_image,
         write_json,
         write_label_png,
+        write_masks_json,
+        write_npz,
         write_overlay_png,
     )
     from diffuseg.methods import get_method
     from diffuseg.segmenter import Segmenter
     from diffuseg.types import Encoding
 
+    formats = [f.strip().lower() for f in output_format.split(",") if f.strip()]
+    unknown = sorted(set(formats) - set(OUTPUT_FORMATS))
+    if unknown or not formats:
+        _error(f"unknown --format {', '.join(unknown) or repr(output_format)}; "
+               f"choose from {', '.join(OUTPUT_FORMATS)} (comma-separated)")
+        raise typer.Exit(2)
     try:
         spec = get_method(method)
         overrides = _parse_params(param, spec)
@@ -149,10 +164,16 @@ def segment_command(
             failed += 1
             _error(f"{path}: {exc}")
             continue
-        write_label_png(out / f"{stem}.labels.png", result.labels)
-        if image is not None:
-            write_overlay_png(out / f"{stem}.overlay.png", image, result.labels)
-        write_json(out / f"{stem}.json", {"input": str(path), **result.to_dict()})
+        if "png" in formats:
+            write_label_png(out / f"{stem}.labels.png", result.labels)
+            if image is not None:
+                write_overlay_png(out / f"{stem}.overlay.png", image, result.labels)
+            write_json(out / f"{stem}.json", {"input": str(path), **result.to_dict()})
+        if "coco" in formats:
+            write_masks_json(out / f"{stem}.masks.json", result.labels, result.config,
+                             input=str(path))
+        if "npz" in formats:
+            write_npz(out / f"{stem}.npz", result.labels, {"input": str(path), **result.to_dict()})
     done = len(paths) - failed
     typer.echo(f"segmented {done}/{len(paths)} input(s) into {out}", err=True)
     if failed:
@@ -214,6 +235,124 @@ def encode_command(
         raise typer.Exit(1)
 
 
+@app.command("compare")
+def compare_command(
+    image: Annotated[Path, typer.Argument(help="The image to segment.")],
+    methods: Annotated[str, typer.Option(
+        help="Comma-separated methods, one panel each (see `diffuseg methods`).")
+    ] = "diffcut,diffseg,dwc",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Figure to write (.png).")] = Path(
+        "compare.png"),
+    backbone: Annotated[str | None, typer.Option(
+        help="Backbone preset or local model folder for every method that needs one "
+             "(default: each method's own).")] = None,
+    size: Annotated[int | None, typer.Option(help="Long side (px) to encode at.")] = None,
+    panel_width: Annotated[int | None, typer.Option(
+        help="Width of each panel in pixels (default: the image's, at most 512).")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, ...")] = None,
+    dtype: Annotated[str | None, typer.Option(help="float32, float16, bfloat16.")] = None,
+) -> None:
+    """Segment one image with several methods and write them side by side as one PNG figure.
+
+    Each method runs with its published defaults (and its backbone's); methods that share a
+    backbone share one encoding (one UNet pass).
+    """
+    from PIL import Image
+
+    from diffuseg.backbones import WeightsNotFoundError
+    from diffuseg.io import atomic_path, load_image
+    from diffuseg.methods import get_method
+    from diffuseg.segmenter import Segmenter
+    from diffuseg.viz import compare_figure
+
+    names = list(dict.fromkeys(m.strip() for m in methods.split(",") if m.strip()))
+    if not names:
+        _error("no methods given (--methods diffcut,diffseg,...)")
+        raise typer.Exit(2)
+    try:
+        specs = [get_method(name) for name in names]
+        array = load_image(image)
+    except ValueError as exc:
+        _error(str(exc))
+        raise typer.Exit(2) from None
+    # One encoding per backbone, with every part its methods need.
+    segmenters = {
+        s.name: Segmenter(s.name, backbone if s.needs_backbone else None, device=device,
+                          dtype=dtype, size=size)
+        for s in specs
+    }
+    groups: dict[str, set[str]] = {}
+    for spec in specs:
+        if spec.needs_backbone:
+            groups.setdefault(segmenters[spec.name].backbone_name, set()).update(spec.needs)
+    encodings: dict[str, Any] = {}
+    try:
+        for name, needs in groups.items():
+            users = [s.name for s in specs if segmenters[s.name].backbone_name == name]
+            model = segmenters[users[0]].backbone  # loads the weights (or fails here)
+            (encodings[name],) = model.encode([array], features="features" in needs,
+                                               attention="attention" in needs, size=size)
+    except WeightsNotFoundError as exc:
+        needing = ", ".join(s.name for s in specs if s.needs_backbone)
+        _error(f"{needing} need(s) diffusion weights: {exc}")
+        raise typer.Exit(2) from None
+    except (ValueError, OSError, RuntimeError) as exc:
+        _error(str(exc))
+        raise typer.Exit(2) from None
+    panels, titles = {}, {}
+    for spec in specs:
+        seg = segmenters[spec.name]
+        source = encodings[seg.backbone_name] if spec.needs_backbone else array
+        try:
+            result = seg.segment(source, output_size=array.shape[:2])
+        except (ValueError, RuntimeError) as exc:
+            _error(f"{spec.name}: {exc}")
+            raise typer.Exit(1) from None
+        panels[spec.name] = result.labels
+        where = f" @ {Path(seg.backbone_name).name}" if spec.needs_backbone else ""
+        titles[spec.name] = f"{spec.name}{where}: {result.num_segments} segments"
+    width = panel_width or min(array.shape[1], 512)
+    figure = compare_figure(array, panels, titles, panel_width=width)
+    with atomic_path(out) as tmp:
+        Image.fromarray(figure).save(tmp, format="PNG")
+    typer.echo(f"wrote {out} ({len(names)} methods, {figure.shape[1]}x{figure.shape[0]})",
+               err=True)
+
+
+@app.command("demo")
+def demo_command(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int | None, typer.Option(help="Port (default: the first free from 7860).")
+                    ] = None,
+    share: Annotated[str, typer.Option(
+        help="Ask Gradio for a public share link: true or false.")] = "false",
+    backbone: Annotated[str | None, typer.Option(
+        help="Backbone preset or local model folder selected at start.")] = None,
+    method: Annotated[str | None, typer.Option(
+        help="Method selected at start (default: ncut, which needs no weights).")] = None,
+    max_pixels: Annotated[int, typer.Option(help="Largest accepted upload (width x height).")
+                          ] = 16_000_000,
+    max_bytes: Annotated[int, typer.Option(help="Largest accepted upload (bytes).")
+                         ] = 25_000_000,
+) -> None:
+    """Start the web demo (Gradio: the `demo` extra of the package)."""
+    share_link = share.strip().lower()
+    if share_link not in ("true", "false", "1", "0", "yes", "no"):
+        _error(f"--share takes true or false, got {share!r}")
+        raise typer.Exit(2)
+    try:
+        from diffuseg.demo import launch
+    except ImportError as exc:
+        _error(f"the demo needs gradio: pip install 'diffuseg[demo]' ({exc})")
+        raise typer.Exit(2) from None
+    try:
+        launch(host=host, port=port, share=share_link in ("true", "1", "yes"),
+               backbone=backbone, method=method, max_pixels=max_pixels, max_bytes=max_bytes)
+    except (ValueError, OSError) as exc:
+        _error(str(exc))
+        raise typer.Exit(2) from None
+
+
 @app.command("backbones")
 def backbones_command() -> None:
     """List the backbone presets."""
@@ -232,6 +371,15 @@ def methods_command() -> None:
     for name in list_methods():
         spec = get_method(name)
         typer.echo(f"{name:10s} {spec.summary}")
+
+
+def _mount_subcommands() -> None:
+    from diffuseg.eval.cli import eval_app
+
+    app.add_typer(eval_app, name="eval", help="Evaluate on a benchmark dataset; `eval compare`.")
+
+
+_mount_subcommands()
 
 
 def main() -> None:

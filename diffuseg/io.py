@@ -43,9 +43,12 @@ __all__ = [
     "iter_image_paths",
     "labels_to_coco_rle",
     "load_image",
+    "masks_document",
     "read_label_png",
     "write_json",
     "write_label_png",
+    "write_masks_json",
+    "write_npz",
     "write_overlay_png",
 ]
 
@@ -674,3 +677,57 @@ def coco_rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
     values = (np.arange(counts_arr.size) % 2).astype(bool)
     flat = np.repeat(values, counts_arr)
     return flat.reshape(w, h).T.copy()
+
+
+# ----------------------------------------------------------------------------------------------
+# Interchange formats: COCO RLE masks JSON, NumPy .npz
+# ----------------------------------------------------------------------------------------------
+
+#: ``format`` field of the files written by :func:`write_masks_json` and :func:`write_npz`.
+MASKS_FORMAT = "diffuseg.masks/1"
+NPZ_FORMAT = "diffuseg.npz/1"
+
+
+def masks_document(labels: Any, config: Any = None, **extra: Any) -> dict[str, Any]:
+    """The masks JSON document of a label map (what :func:`write_masks_json` writes).
+
+    Args:
+        labels: (H, W) non-negative integer label map.
+        config: the resolved settings (dict or dataclass), stored as ``config``.
+        **extra: more top-level fields (e.g. ``input="photo.jpg"``).
+    Returns:
+        {"format": MASKS_FORMAT, "image": {"height": H, "width": W}, "config": ...,
+        "annotations": :func:`labels_to_coco_rle` records (SAM's field names), **extra}.
+    """
+    lab = _check_labels(labels)
+    return {
+        "format": MASKS_FORMAT,
+        **extra,
+        "image": {"height": int(lab.shape[0]), "width": int(lab.shape[1])},
+        "config": _jsonable(config) if config is not None else {},
+        "annotations": labels_to_coco_rle(lab),
+    }
+
+
+def write_masks_json(path: str | os.PathLike, labels: Any, config: Any = None,
+                     **extra: Any) -> None:
+    """Write :func:`masks_document` as JSON, atomically (compact: masks files get large).
+
+    Each annotation's ``segmentation`` decodes with ``pycocotools.mask.decode`` or
+    :func:`coco_rle_to_mask`; the label map is ``sum(k * mask_k)``.
+    """
+    write_json(path, masks_document(labels, config, **extra), indent=None)
+
+
+def write_npz(path: str | os.PathLike, labels: Any, meta: dict[str, Any] | None = None) -> None:
+    """Write a label map and its metadata as a compressed ``.npz``, atomically, with no pickles.
+
+    The archive holds ``labels`` ((H, W) int32) and ``meta`` (a 0-d unicode array: the JSON text
+    of ``meta``, e.g. segments, hierarchy and config), so ``np.load(path, allow_pickle=False)``
+    reads it; ``json.loads(str(f["meta"]))`` gives the metadata back.
+    """
+    lab = _check_labels(labels).astype(np.int32)
+    text = json.dumps({"format": NPZ_FORMAT, **_jsonable(meta or {})}, ensure_ascii=False,
+                      allow_nan=False)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, labels=lab, meta=np.array(text))

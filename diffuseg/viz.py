@@ -11,7 +11,17 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-__all__ = ["palette", "boundaries", "overlay", "colorize"]
+__all__ = [
+    "TITLE_HEIGHT",
+    "boundaries",
+    "colorize",
+    "compare_figure",
+    "hierarchy_figure",
+    "hierarchy_levels",
+    "overlay",
+    "palette",
+    "segment_cutouts",
+]
 
 # 1/phi: stepping the hue by this fraction of the circle puts every new colour in the largest
 # gap left by the previous ones (the "golden angle", 137.5 degrees), so consecutive labels are
@@ -145,4 +155,172 @@ def overlay(
     out = np.clip(np.round(out), 0, 255).astype(np.uint8)
     if boundary_color is not None:
         out[boundaries(lab)] = np.asarray(boundary_color, dtype=np.uint8)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Figures: hierarchy levels, method comparisons, per-segment cut-outs
+# ----------------------------------------------------------------------------------------------
+
+#: Height in pixels of the title strip above each panel of :func:`compare_figure` and of each
+#: row of :func:`hierarchy_figure`.
+TITLE_HEIGHT = 18
+
+
+def _title_strip(text: str, width: int, height: int = TITLE_HEIGHT) -> np.ndarray:
+    """(height, width, 3) uint8: ``text`` in black on white, PIL's default font, clipped."""
+    from PIL import ImageDraw, ImageFont
+
+    strip = Image.new("RGB", (width, height), (255, 255, 255))
+    if height > 0 and width > 0 and text:
+        draw = ImageDraw.Draw(strip)
+        font = ImageFont.load_default()
+        top = max(0, (height - 11) // 2)
+        draw.text((4, top), text, fill=(0, 0, 0), font=font)
+    return np.asarray(strip, dtype=np.uint8)
+
+
+def _resize_labels(labels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize of an (h, w) label map to (height, width)."""
+    if labels.shape == (height, width):
+        return labels
+    ys = (np.arange(height) * labels.shape[0]) // height
+    xs = (np.arange(width) * labels.shape[1]) // width
+    return labels[ys[:, None], xs[None, :]]
+
+
+def hierarchy_levels(segmentation, max_levels: int = 8) -> list[tuple[int | None, np.ndarray]]:
+    """[(depth, labels_at_depth)] for the depths :func:`hierarchy_figure` shows.
+
+    Depth 0 (one segment) to D (the leaves) when ``D + 1 <= max_levels``, else ``max_levels``
+    depths evenly spaced from 0 to D; ``[(None, labels)]`` for a segmentation without hierarchy.
+    """
+    if segmentation.hierarchy is None:
+        return [(None, _as_numpy(segmentation.labels))]
+    depths = _depths_to_show(segmentation.hierarchy.depth, max_levels)
+    return [(d, segmentation.labels_at_depth(d)) for d in depths]
+
+
+def _depths_to_show(depth: int, max_levels: int) -> list[int]:
+    if max_levels < 1:
+        raise ValueError(f"max_levels must be >= 1, got {max_levels}")
+    if depth + 1 <= max_levels:
+        return list(range(depth + 1))
+    if max_levels == 1:
+        return [depth]
+    return sorted({int(round(x)) for x in np.linspace(0, depth, max_levels)})
+
+
+def hierarchy_figure(
+    image,
+    segmentation,
+    max_levels: int = 8,
+    alpha: float = 0.5,
+    titles: bool = True,
+) -> np.ndarray:
+    """The hierarchy of a recursive cut, one overlay row per depth.
+
+    Args:
+        image: (H0, W0, 3) uint8 RGB (resized to the labels' size if it differs).
+        segmentation: a :class:`diffuseg.types.Segmentation`; with a hierarchy of depth D the
+            rows show depth 0 (one segment) to D (the leaves); without one, a single row of its
+            labels.
+        max_levels: at most this many rows; deeper trees show ``max_levels`` depths evenly
+            spaced from 0 to D (both included).
+        alpha: segment colour weight of each overlay.
+        titles: put a :data:`TITLE_HEIGHT`-pixel strip ("depth d: k segments") above each row.
+    Returns:
+        (n_rows * (H + t), W, 3) uint8 where (H, W) is the labels' size and t is
+        :data:`TITLE_HEIGHT` (0 without titles).
+    """
+    w = _as_numpy(segmentation.labels).shape[1]
+    rows = []
+    for depth, lab in hierarchy_levels(segmentation, max_levels):
+        k = len(np.unique(lab))
+        if titles:
+            name = "segments" if depth is None else f"depth {depth}"
+            rows.append(_title_strip(f"{name}: {k} segment{'s' if k != 1 else ''}", w))
+        rows.append(overlay(image, lab, alpha=alpha))
+    return np.concatenate(rows, axis=0)
+
+
+def compare_figure(
+    image,
+    labels_by_method: dict[str, object],
+    titles: dict[str, str] | list[str] | None = None,
+    panel_width: int | None = None,
+    alpha: float = 0.5,
+) -> np.ndarray:
+    """Several segmentations of one image side by side, each titled.
+
+    Args:
+        image: (H0, W0, 3) uint8 RGB.
+        labels_by_method: method name -> (h, w) label map (any size; nearest-neighbour resized).
+        titles: per panel title (a dict keyed like ``labels_by_method`` or a list in its order);
+            default the keys. Rendered with PIL's default font on a white strip.
+        panel_width: width of each panel (default W0); the panel height keeps the image's
+            aspect ratio: ``Hp = round(H0 * panel_width / W0)``.
+        alpha: segment colour weight of each overlay.
+    Returns:
+        (TITLE_HEIGHT + Hp, n * panel_width, 3) uint8, panels in the dict's order.
+    """
+    img = _as_numpy(image)
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        raise ValueError(f"image must be (H, W, 3) uint8, got {img.shape} {img.dtype}")
+    if not labels_by_method:
+        raise ValueError("nothing to compare: labels_by_method is empty")
+    names = list(labels_by_method)
+    if titles is None:
+        title_list = names
+    elif isinstance(titles, dict):
+        title_list = [str(titles.get(n, n)) for n in names]
+    else:
+        title_list = [str(t) for t in titles]
+        if len(title_list) != len(names):
+            raise ValueError(f"{len(title_list)} titles for {len(names)} panels")
+    pw = int(panel_width or img.shape[1])
+    ph = max(1, int(round(img.shape[0] * pw / img.shape[1])))
+    small = np.asarray(Image.fromarray(img).resize((pw, ph), Image.Resampling.BILINEAR))
+    panels = []
+    for name, title in zip(names, title_list, strict=True):
+        lab = _resize_labels(_as_numpy(labels_by_method[name]), ph, pw)
+        panels.append(np.concatenate([_title_strip(title, pw), overlay(small, lab, alpha)], 0))
+    return np.concatenate(panels, axis=1)
+
+
+def segment_cutouts(
+    image,
+    labels,
+    max_segments: int = 64,
+    pad: int = 4,
+    dim: float = 0.25,
+) -> list[tuple[int, np.ndarray]]:
+    """One picture per segment: its bounding box (plus ``pad``) with other pixels dimmed.
+
+    Args:
+        image: (H0, W0, 3) uint8 (resized to the labels' size if it differs).
+        labels: (H, W) non-negative int labels.
+        max_segments: keep the largest this many segments.
+        pad: pixels of context around each bounding box.
+        dim: brightness factor of pixels outside the segment (0: black, 1: unchanged).
+    Returns:
+        [(label, (h_k, w_k, 3) uint8)], largest segment first.
+    """
+    lab = _as_numpy(labels)
+    img = _as_numpy(image)
+    h, w = lab.shape
+    if img.shape[:2] != (h, w):
+        img = np.asarray(Image.fromarray(img).resize((w, h), Image.Resampling.BILINEAR))
+    areas = np.bincount(lab.ravel())
+    order = [int(k) for k in np.argsort(-areas, kind="stable") if areas[k] > 0][:max_segments]
+    out = []
+    for k in order:
+        mask = lab == k
+        ys, xs = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+        y0, y1 = max(0, ys[0] - pad), min(h, ys[-1] + 1 + pad)
+        x0, x1 = max(0, xs[0] - pad), min(w, xs[-1] + 1 + pad)
+        crop = img[y0:y1, x0:x1].astype(np.float32)
+        inside = mask[y0:y1, x0:x1, None]
+        crop = np.where(inside, crop, crop * dim)
+        out.append((k, np.round(crop).astype(np.uint8)))
     return out
