@@ -8,6 +8,9 @@
   at once and adds into one fp32 running sum per query grid (h, w) and image. The layer's output is
   the same as the default processor's. All other layers keep their processor.
 
+- :class:`CrossAttentionCapture` does the same for the cross-attention (``attn2``) layers: the
+  head-averaged probabilities of every query location over the prompt tokens, (h*w, T) per grid.
+
 Nothing here knows which model it is reading: grids come from the UNet's input latent size and
 each layer's token count, devices and dtypes from the tensors.
 """
@@ -24,6 +27,7 @@ from torch import nn
 
 __all__ = [
     "AttentionCapture",
+    "CrossAttentionCapture",
     "FeatureHook",
     "get_module",
     "token_grid",
@@ -215,7 +219,8 @@ class _CaptureProcessor:
         if getattr(attn, "norm_k", None) is not None:
             key = attn.norm_k(key)
 
-        out = self.owner._attend(self.name, query, key, value, attention_mask, attn.scale, is_self)
+        record = is_self or self.owner._record_cross
+        out = self.owner._attend(self.name, query, key, value, attention_mask, attn.scale, record)
 
         hidden_states = out.transpose(1, 2).reshape(batch, -1, heads * head_dim)
         hidden_states = hidden_states.to(query.dtype)
@@ -262,6 +267,10 @@ class AttentionCapture:
             ``.attn1.processor``).
     """
 
+    #: record the layers whose keys come from ``encoder_hidden_states`` too (cross-attention)
+    _record_cross = False
+    _kind = "self-attention (attn1)"
+
     def __init__(
         self,
         unet: nn.Module,
@@ -293,7 +302,7 @@ class AttentionCapture:
             else:
                 replaced[name] = proc
         if not self.layer_names:
-            raise ValueError(f"{type(self.unet).__name__} has no self-attention (attn1) layer")
+            raise ValueError(f"{type(self.unet).__name__} has no {self._kind} layer")
         self._original = original
         self.unet.set_attn_processor(replaced)
         self._pre_handle = self.unet.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
@@ -335,7 +344,7 @@ class AttentionCapture:
         """
         batch, heads, n_q, _ = query.shape
         n_k = key.shape[2]
-        sums = self._grid_sums(n_q, batch, query.device) if record else None
+        sums = self._grid_sums(n_q, batch, query.device, n_k) if record else None
         out = torch.empty(
             (batch, heads, n_q, value.shape[-1]), dtype=value.dtype, device=value.device
         )
@@ -369,19 +378,24 @@ class AttentionCapture:
             self._counts[grid] = self._counts.get(grid, 0) + 1
         return out
 
-    def _grid_sums(self, n: int, batch: int, device: torch.device) -> list[torch.Tensor]:
+    def _grid_sums(
+        self, n: int, batch: int, device: torch.device, n_keys: int | None = None
+    ) -> list[torch.Tensor]:
         grid = token_grid(n, self.latent_size)
+        m = n if n_keys is None else int(n_keys)
         sums = self._sums.get(grid)
         if sums is None:
             # normal tensors even when the UNet runs under inference_mode: callers may modify the
             # returned maps in place outside it
             with torch.inference_mode(False):
                 sums = [
-                    torch.zeros((n, n), dtype=torch.float32, device=device) for _ in range(batch)
+                    torch.zeros((n, m), dtype=torch.float32, device=device) for _ in range(batch)
                 ]
             self._sums[grid] = sums
         elif len(sums) != batch:
             raise RuntimeError("AttentionCapture: take maps() before a pass with another batch")
+        elif sums[0].shape[1] != m:
+            raise RuntimeError("AttentionCapture: take maps() before a pass with other keys")
         return sums
 
     # -- results --------------------------------------------------------------------------
@@ -417,3 +431,71 @@ class AttentionCapture:
         self._counts = {}
         if not self._fixed_latent:
             self.latent_size = None
+
+
+def _is_cross_attention(name: str) -> bool:
+    return name.endswith(".attn2.processor")
+
+
+class CrossAttentionCapture(AttentionCapture):
+    """Context manager: head-averaged cross-attention probabilities over the prompt tokens.
+
+    The same machinery as :class:`AttentionCapture` (chunked fp32 softmax, head mean added into
+    one running sum per query grid and image, layer outputs equal to the default processor's),
+    installed on the cross-attention (``attn2``) layers. For every image b and every layer whose
+    query grid is (h, w)::
+
+        sums[(h, w)][b] += mean over heads of softmax(Q K^T * attn.scale)      # (h*w, T), fp32
+
+    where T is the prompt length (77 for CLIP). The running sums are (h*w, T) per grid and image:
+    0.3 MiB at 32 x 32, 1.2 MiB at 64 x 64. It can be nested with an :class:`AttentionCapture`
+    to read both kinds of attention from one forward pass.
+
+    Usage::
+
+        with CrossAttentionCapture(unet) as cap:
+            unet(latents, t, encoder_hidden_states=caption_embeds)
+        maps = cap.maps()        # [ {(h, w): (T, h, w) float32 CPU tensor}, ... ] per image
+
+    ``maps()`` puts the token axis first: ``maps[b][(h, w)][k]`` is the spatial map of token k;
+    at each location the T values sum to 1 (a probability over tokens).
+
+    Args:
+        unet, chunk_bytes, latent_size: as :class:`AttentionCapture`.
+        layer_filter: processor names to capture (default: names ending in ``.attn2.processor``).
+    """
+
+    _record_cross = True
+    _kind = "cross-attention (attn2)"
+
+    def __init__(
+        self,
+        unet: nn.Module,
+        *,
+        chunk_bytes: int | None = None,
+        latent_size: tuple[int, int] | None = None,
+        layer_filter: Callable[[str], bool] = _is_cross_attention,
+    ) -> None:
+        super().__init__(
+            unet, chunk_bytes=chunk_bytes, latent_size=latent_size, layer_filter=layer_filter
+        )
+
+    def maps(self) -> list[dict[tuple[int, int], torch.Tensor]]:
+        """Per image: query grid (h, w) -> (T, h, w) float32 CPU tensor, the layer average.
+
+        ``[k, i, j]`` is the head- and layer-averaged probability that location (i, j) attends to
+        prompt token k; it sums to 1 over k. The capture is reset afterwards.
+        """
+        if not self._sums:
+            return []
+        batch = len(next(iter(self._sums.values())))
+        result: list[dict[tuple[int, int], torch.Tensor]] = [{} for _ in range(batch)]
+        for grid in sorted(self._sums, key=lambda g: -g[0] * g[1]):
+            h, w = grid
+            count = self._counts[grid]
+            for b, s in enumerate(self._sums[grid]):
+                s.div_(count)
+                result[b][grid] = s.to("cpu").t().reshape(-1, h, w).contiguous()
+            self._sums[grid] = []
+        self.reset()
+        return result

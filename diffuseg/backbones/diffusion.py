@@ -17,6 +17,12 @@ folder. Safetensors only, never remote code.
 Empty-prompt conditioning (SDXL: both text encoders, pooled embeddings and
 ``add_time_ids = (H, W, 0, 0, H, W)``) is computed once at load time; the text encoders are then
 released.
+
+Captions (DiffSeg's caption labels): :meth:`Backbone.cross_attention` runs the same attention pass
+conditioned on a caption and captures the cross-attention (``attn2``) to its tokens. The text
+encoder(s) are re-loaded from the same folder on the first caption (not kept from load time, so
+that the default path stays as lean as before) and then kept until
+:meth:`Backbone.release_text_encoders`; :attr:`Backbone.tokenizer` loads only the tokenizer.
 """
 
 from __future__ import annotations
@@ -30,7 +36,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffuseg.backbones.capture import AttentionCapture, FeatureHook, get_module, token_grid
+from diffuseg.backbones.capture import (
+    AttentionCapture,
+    CrossAttentionCapture,
+    FeatureHook,
+    get_module,
+    token_grid,
+)
 from diffuseg.backbones.registry import (
     BackbonePreset,
     WeightsNotFoundError,
@@ -296,6 +308,98 @@ class Backbone:
             self.unet(latents.to(self.dtype), ts, **self._conditioning(batch, height, width))
         return cap.maps()
 
+    # -- captions: text encoders on demand, cross-attention ------------------------------------
+    def _text_loader(self) -> tuple[_Loader, list[str], list[tuple[str, Any]]]:
+        from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+        load = _Loader(self.preset, _model_folder(self.preset))
+        if self.family == "sdxl":
+            text = [
+                ("text_encoder", CLIPTextModel),
+                ("text_encoder_2", CLIPTextModelWithProjection),
+            ]
+            return load, ["tokenizer", "tokenizer_2"], text
+        return load, ["tokenizer"], [("text_encoder", CLIPTextModel)]
+
+    @property
+    def tokenizer(self) -> Any:
+        """The (first) CLIP tokenizer of the pipeline, loaded on first use (cheap: no weights).
+
+        Its token positions are the prompt positions the cross-attention sees (SDXL's second
+        tokenizer splits text identically; only its padding token differs).
+        """
+        tok = getattr(self, "_tokenizer", None)
+        if tok is None:
+            from transformers import CLIPTokenizer
+
+            load, token_folders, _ = self._text_loader()
+            tok = load.tokenizer(CLIPTokenizer, token_folders[0])
+            self._tokenizer = tok
+        return tok
+
+    def _text_components(self) -> tuple[list[Any], list[Any]]:
+        cached = getattr(self, "_text", None)
+        if cached is None:
+            from transformers import CLIPTokenizer
+
+            load, token_folders, text = self._text_loader()
+            tkw = {_transformers_dtype_kw(): self.dtype, "use_safetensors": True}
+            tokenizers = [load.tokenizer(CLIPTokenizer, sub) for sub in token_folders]
+            encoders = [load(cls, sub, **tkw).to(self.device).eval() for sub, cls in text]
+            cached = (tokenizers, encoders)
+            self._text = cached
+        return cached
+
+    def release_text_encoders(self) -> None:
+        """Free the text encoder(s) loaded for captions (they are re-loaded when needed)."""
+        self._text = None
+
+    def encode_prompt(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Conditioning of ``prompt``: (1, L, D) embeddings and, for the SDXL family, the pooled
+        (1, P) embedding, on the backbone's device in its dtype (as the empty prompt's).
+
+        Loads the text encoder(s) on first use (see the module docstring).
+
+        Raises:
+            WeightsNotFoundError: the text encoder or tokenizer files are not reachable.
+        """
+        tokenizers, encoders = self._text_components()
+        embeds, pooled = _encode_prompt(self.family, encoders, tokenizers, self.device, prompt)
+        embeds = embeds.to(device=self.device, dtype=self.dtype)
+        if pooled is not None:
+            pooled = pooled.to(device=self.device, dtype=self.dtype)
+        return embeds, pooled
+
+    @torch.inference_mode()
+    def cross_attention(
+        self, latents: torch.Tensor, caption: str, *, timestep: int = ATTENTION_TIMESTEP
+    ) -> list[dict[tuple[int, int], torch.Tensor]]:
+        """Cross-attention of clean latents (B, 4, h8, w8) to the tokens of ``caption``.
+
+        One UNet pass conditioned on the caption at the timestep embedding of ``timestep`` (no
+        noise, as :meth:`attention`), with every ``attn2`` layer's head-averaged probabilities
+        summed per query grid. Returns per image {(h, w): (T, h, w) float32 CPU tensor}, T the
+        prompt length (77); ``[k]`` is the map of token k (position 0 is the start token), the T
+        values at each location sum to 1.
+        """
+        embeds, pooled = self.encode_prompt(caption)
+        batch = latents.shape[0]
+        height = latents.shape[-2] * self.vae_scale_factor
+        width = latents.shape[-1] * self.vae_scale_factor
+        kwargs: dict[str, Any] = {"encoder_hidden_states": embeds.expand(batch, -1, -1)}
+        if pooled is not None:
+            time_ids = torch.tensor(
+                [[height, width, 0, 0, height, width]], dtype=self.dtype, device=self.device
+            )
+            kwargs["added_cond_kwargs"] = {
+                "text_embeds": pooled.expand(batch, -1),
+                "time_ids": time_ids.expand(batch, -1),
+            }
+        ts = torch.full((batch,), int(timestep), dtype=torch.long, device=self.device)
+        with CrossAttentionCapture(self.unet) as cap:
+            self.unet(latents.to(self.dtype), ts, **kwargs)
+        return cap.maps()
+
     # -- the public entry point --------------------------------------------------------------
     def encode(
         self,
@@ -545,6 +649,30 @@ def _encode_empty_prompt(
                 hidden.append(enc(ids)[0])
     embeds = torch.cat(hidden, dim=-1)
     return embeds, pooled
+
+
+def _encode_prompt(
+    family: str, text_encoders: list[Any], tokenizers: list[Any], device: torch.device, prompt: str
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Embeddings of ``prompt``, exactly as :func:`_encode_empty_prompt` computes them for ""."""
+    hidden, pooled = [], None
+    for enc, tok in zip(text_encoders, tokenizers, strict=True):
+        ids = tok(
+            prompt,
+            padding="max_length",
+            max_length=tok.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(device)
+        with torch.inference_mode():
+            if family == "sdxl":
+                out = enc(ids, output_hidden_states=True)
+                hidden.append(out.hidden_states[-2])
+                if out[0].ndim == 2:  # CLIPTextModelWithProjection: text_embeds
+                    pooled = out[0]
+            else:
+                hidden.append(enc(ids)[0])
+    return torch.cat(hidden, dim=-1), pooled
 
 
 def load_backbone(

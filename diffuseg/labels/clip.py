@@ -1,0 +1,334 @@
+"""Open-vocabulary names for segments (DiffCut's way): CLIP mask classification.
+
+Given a segmentation and class names:
+
+1. :func:`mask_pool`: masked average pooling of a CLIP image encoder's dense features (before its
+   head) over each segment. Each segment's mask is resized bilinearly to the feature grid and
+   every cell it touches (value > 0) counts, with equal weight (FC-CLIP's ``MaskPooling``, which
+   DiffCut uses).
+2. ``head``: the encoder's head and projection applied to the pooled features (an injected
+   callable; for open_clip ConvNeXt: ``visual.trunk.head`` then ``visual.head``).
+3. :func:`build_text_classifier`: one text embedding per class (per synonym: "person, people"),
+   the mean of its normalised embeddings over the 14 ViLD templates, normalised again.
+4. :func:`classify_pooled`: cosine similarity of each pooled embedding with each class (max over
+   a class's synonyms), argmax per segment. :func:`merge_named_segments` then merges segments
+   with the same class.
+
+Steps 1-4 are pure (tensors in, tensors out). :func:`load_open_clip` loads a model through
+open_clip (local folder, ``hf-hub:`` id, or model name + pretrained tag, the offline cache honoured)
+and exposes ``dense`` / ``head`` / ``encode_text`` for them.
+
+Differences from DiffCut's code, on purpose: DiffCut drops the last class from the argmax (its
+FC-CLIP-derived code reserves it for "void"); here every given class can win. Logit scale and
+softmax are omitted: they do not change the argmax.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from diffuseg.labels.templates import VILD_TEMPLATES, expand_templates, split_synonyms
+
+__all__ = [
+    "OpenClip",
+    "TextClassifier",
+    "build_text_classifier",
+    "classify_pooled",
+    "classify_segments",
+    "load_open_clip",
+    "mask_pool",
+    "merge_named_segments",
+]
+
+
+def _labels_tensor(labels: Any) -> torch.Tensor:
+    lab = labels if isinstance(labels, torch.Tensor) else torch.from_numpy(np.asarray(labels))
+    if lab.ndim != 2:
+        raise ValueError(f"labels must be (H, W), got {tuple(lab.shape)}")
+    lab = lab.to(torch.long)
+    if lab.numel() == 0 or int(lab.min()) < 0:
+        raise ValueError("labels must be a non-empty map of values >= 0")
+    return lab
+
+
+def mask_pool(features: torch.Tensor, labels: Any) -> torch.Tensor:
+    """Masked average pooling of dense features over each segment.
+
+    Args:
+        features: (C, h, w) or (1, C, h, w) float dense features.
+        labels: (H, W) int labels 0..K-1, any size (typically the image's).
+    Returns:
+        float32 (K, C) on the features' device: row k is the mean feature over the grid cells
+        touched by segment k (its binary mask resized bilinearly to (h, w), value > 0). A
+        segment that touches no cell (only possible when absent) gets a zero row.
+    """
+    if features.ndim == 4:
+        if features.shape[0] != 1:
+            raise ValueError("mask_pool takes the features of one image")
+        features = features[0]
+    if features.ndim != 3:
+        raise ValueError(f"features must be (C, h, w), got {tuple(features.shape)}")
+    lab = _labels_tensor(labels).to(features.device)
+    k = int(lab.max()) + 1
+    c, h, w = features.shape
+    masks = F.one_hot(lab, k).permute(2, 0, 1).to(torch.float32)  # (K, H, W)
+    if tuple(masks.shape[1:]) != (h, w):
+        masks = F.interpolate(masks[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+    masks = (masks > 0).to(torch.float32).reshape(k, h * w)
+    denom = masks.sum(1, keepdim=True).clamp_min(1.0)
+    return (masks / denom) @ features.to(torch.float32).reshape(c, h * w).t()
+
+
+@dataclass
+class TextClassifier:
+    """Text embeddings of the classes.
+
+    Attributes:
+        names: the class names as given (synonyms still comma-joined), index = class id.
+        embeddings: float32 (S, D), one unit vector per synonym.
+        class_of: int64 (S,), the class id of each row.
+    """
+
+    names: tuple[str, ...]
+    embeddings: torch.Tensor
+    class_of: torch.Tensor
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+
+def build_text_classifier(
+    encode_text: Callable[[list[str]], torch.Tensor],
+    class_names: Sequence[str],
+    templates: Sequence[str] = VILD_TEMPLATES,
+    batch_size: int = 128,
+) -> TextClassifier:
+    """Template-averaged text embeddings of ``class_names``.
+
+    Args:
+        encode_text: prompts (n strings) -> (n, D) float embeddings (unnormalised is fine).
+        class_names: N names; "a, b" gives the class two synonyms (scored by their maximum).
+        templates: prompt templates with one ``{}`` (default the 14 ViLD templates).
+        batch_size: prompts per ``encode_text`` call.
+    Returns:
+        A :class:`TextClassifier`: per synonym, the mean over templates of the L2-normalised
+        embeddings, L2-normalised again (FC-CLIP / DiffCut).
+    """
+    names = tuple(str(n) for n in class_names)
+    if not names:
+        raise ValueError("no class names")
+    if len(set(names)) != len(names):
+        raise ValueError("class names must be distinct")
+    synonyms = [(i, s) for i, n in enumerate(names) for s in split_synonyms(n)]
+    prompts = [p for _, s in synonyms for p in expand_templates(s, templates)]
+    chunks = [encode_text(prompts[i : i + batch_size]) for i in range(0, len(prompts), batch_size)]
+    emb = torch.cat([c.detach().to(torch.float32) for c in chunks])
+    if emb.shape[0] != len(prompts):
+        raise ValueError(f"encode_text returned {emb.shape[0]} rows for {len(prompts)} prompts")
+    emb = F.normalize(emb, dim=-1).reshape(len(synonyms), len(templates), -1).mean(1)
+    return TextClassifier(
+        names=names,
+        embeddings=F.normalize(emb, dim=-1),
+        class_of=torch.tensor([i for i, _ in synonyms], dtype=torch.long),
+    )
+
+
+def classify_pooled(
+    pooled: torch.Tensor,
+    classifier: TextClassifier,
+    head: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class of each pooled feature.
+
+    Args:
+        pooled: (K, C) pooled dense features (:func:`mask_pool`).
+        classifier: the classes' text embeddings (D-dimensional).
+        head: (K, C) -> (K, D), the image encoder's head and projection; None if ``pooled`` is
+            already in the text embedding space (C = D).
+    Returns:
+        (classes int64 (K,), similarities float32 (K, N) in [-1, 1]: per class, the maximum
+        cosine over its synonyms). Ties go to the lower class id.
+    """
+    x = head(pooled) if head is not None else pooled
+    x = F.normalize(x.to(torch.float32), dim=-1)
+    emb = classifier.embeddings.to(x.device)
+    if x.shape[-1] != emb.shape[-1]:
+        raise ValueError(f"embedding sizes differ: image {x.shape[-1]}, text {emb.shape[-1]}")
+    cos = x @ emb.t()  # (K, S)
+    sims = torch.full((x.shape[0], classifier.num_classes), -2.0, device=x.device)
+    index = classifier.class_of.to(x.device)[None].expand_as(cos)
+    sims = sims.scatter_reduce(1, index, cos, reduce="amax")
+    return sims.argmax(1), sims
+
+
+def merge_named_segments(labels: Any, classes: Sequence[int] | torch.Tensor | np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Merge segments that got the same class.
+
+    Args:
+        labels: (H, W) int labels 0..K-1.
+        classes: (K,) class id of each label (labels absent from the map may hold anything).
+    Returns:
+        (merged int32 (H, W) labels 0..M-1, numbered by first appearance in label order of the
+        present labels; int64 (M,) class id of each merged label).
+    """
+    lab = _labels_tensor(labels).cpu().numpy()
+    cls = np.asarray(classes.cpu() if isinstance(classes, torch.Tensor) else classes)
+    cls = cls.astype(np.int64)
+    present = np.unique(lab)
+    if present.max() >= cls.shape[0]:
+        raise ValueError(f"{cls.shape[0]} classes for labels up to {present.max()}")
+    merged_classes: list[int] = []
+    remap = np.zeros(cls.shape[0], dtype=np.int32)
+    for k in present:
+        c = int(cls[k])
+        if c not in merged_classes:
+            merged_classes.append(c)
+        remap[k] = merged_classes.index(c)
+    return remap[lab], np.asarray(merged_classes, dtype=np.int64)
+
+
+def classify_segments(
+    features: torch.Tensor,
+    labels: Any,
+    classifier: TextClassifier,
+    head: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    *,
+    merge: bool = True,
+) -> tuple[np.ndarray, list[str], torch.Tensor]:
+    """Pool, classify and (by default) merge: the whole open-vocabulary step.
+
+    Args:
+        features: (C, h, w) dense CLIP features of the image.
+        labels: (H, W) int labels 0..K-1.
+        classifier, head: see :func:`classify_pooled`.
+        merge: merge segments of the same class.
+    Returns:
+        (labels int32 (H, W) - merged if ``merge`` -, the class name of each of its labels,
+        similarities (K, N) of the original segments).
+    """
+    lab = _labels_tensor(labels)
+    classes, sims = classify_pooled(mask_pool(features, lab), classifier, head)
+    if merge:
+        out, merged = merge_named_segments(lab, classes)
+        return out, [classifier.names[int(c)] for c in merged], sims
+    return lab.numpy().astype(np.int32), [classifier.names[int(c)] for c in classes], sims
+
+
+# ---------------------------------------------------------------------------------------------
+# loading through open_clip (not importable on machines without torchvision)
+# ---------------------------------------------------------------------------------------------
+#: DiffCut's model: open_clip ConvNeXt-Large (320 px, LAION-2B fine-tuned "soup").
+DEFAULT_MODEL = "convnext_large_d_320"
+DEFAULT_PRETRAINED = "laion2b_s29b_b131k_ft_soup"
+_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP normalisation (open_clip default)
+_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class OpenClip:
+    """An open_clip ConvNeXt model split the way mask classification needs it.
+
+    Attributes:
+        model: the open_clip model (eval mode).
+        tokenizer: its open_clip tokenizer.
+        device: where it runs.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, device: torch.device) -> None:
+        visual = getattr(model, "visual", None)
+        if visual is None or not hasattr(visual, "trunk") or not hasattr(visual.trunk, "stages"):
+            raise ValueError("dense features are implemented for open_clip ConvNeXt (timm) models")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = device
+
+    @torch.inference_mode()
+    def dense(self, image: np.ndarray, size: int = 1024) -> torch.Tensor:
+        """Dense features before the head of an (H, W, 3) uint8 image resized to ``size`` x
+        ``size``: float32 (C, size/32, size/32) on the CPU (1536 channels for ConvNeXt-L)."""
+        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        mean = torch.tensor(_CLIP_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(_CLIP_STD).view(1, 3, 1, 1)
+        x = ((x - mean) / std).to(self.device)
+        trunk = self.model.visual.trunk
+        x = trunk.stem(x)
+        for stage in trunk.stages:
+            x = stage(x)
+        x = trunk.norm_pre(x)
+        return x[0].float().cpu()
+
+    @torch.inference_mode()
+    def head(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(K, C) pooled dense features -> (K, D) image embeddings (trunk head + projection)."""
+        x = pooled.to(self.device).reshape(pooled.shape[0], -1, 1, 1)
+        x = self.model.visual.trunk.head(x)
+        x = self.model.visual.head(x)
+        return x.reshape(pooled.shape[0], -1).float().cpu()
+
+    @torch.inference_mode()
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        """(n,) prompts -> (n, D) text embeddings (unnormalised), float32 on the CPU."""
+        tokens = self.tokenizer(prompts).to(self.device)
+        return self.model.encode_text(tokens).float().cpu()
+
+
+def load_open_clip(
+    name_or_path: str = DEFAULT_MODEL,
+    pretrained: str | None = DEFAULT_PRETRAINED,
+    device: torch.device | str | None = None,
+) -> OpenClip:
+    """Load an open_clip model for mask classification.
+
+    Args:
+        name_or_path: a local folder in open_clip's hub layout (``open_clip_config.json`` and
+            ``open_clip_model.safetensors``), an ``hf-hub:org/repo`` id, or an open_clip model
+            name (then ``pretrained`` names the weights, downloaded to the Hugging Face cache on
+            a user's machine; with ``HF_HUB_OFFLINE=1`` only the cache is read).
+        pretrained: the pretrained tag for a model name (ignored for folders and hub ids).
+        device: default ``cuda`` if available, else ``cpu``.
+    Raises:
+        ImportError: open_clip (with torchvision) is not importable; the message says what to
+            install.
+        WeightsNotFoundError: the weights cannot be found; the message says how to provide them.
+    """
+    from diffuseg.backbones.registry import WeightsNotFoundError
+
+    try:
+        import open_clip
+    except ImportError as exc:
+        raise ImportError(
+            "CLIP labels need open_clip: `pip install open_clip_torch` (it needs a torchvision "
+            f"that matches your torch) ({exc})"
+        ) from None
+    device = torch.device(device) if device is not None else torch.device(
+        "cuda" if torch.cuda.is_available() else "cpu"
+    )
+    path = Path(str(name_or_path))
+    if path.is_dir():
+        if not (path / "open_clip_config.json").is_file():
+            raise WeightsNotFoundError(
+                f"{path} is not an open_clip model folder (no open_clip_config.json)"
+            )
+        model_id, tag = f"local-dir:{path}", None
+    elif str(name_or_path).startswith("hf-hub:"):
+        model_id, tag = str(name_or_path), None
+    else:
+        model_id, tag = str(name_or_path), pretrained
+    try:
+        model = open_clip.create_model(model_id, pretrained=tag, device=device)
+        tokenizer = open_clip.get_tokenizer(model_id)
+    except (OSError, RuntimeError) as exc:
+        raise WeightsNotFoundError(
+            f"cannot load CLIP model {name_or_path!r} ({pretrained}): {exc}. Download it once "
+            "with network access (it goes to the Hugging Face cache), or pass a local folder."
+        ) from None
+    return OpenClip(model.eval(), tokenizer, device)
