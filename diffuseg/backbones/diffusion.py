@@ -238,16 +238,21 @@ class Backbone:
         raise ValueError(f"feature layer {path!r} is not inside a down block")
 
     # -- conditioning ------------------------------------------------------------------------
-    def _conditioning(self, batch: int, height: int, width: int) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {
-            "encoder_hidden_states": self._prompt_embeds.expand(batch, -1, -1)
-        }
-        if self._pooled_embeds is not None:
+    def _conditioning(
+        self, batch: int, height: int, width: int,
+        embeds: torch.Tensor | None = None, pooled: torch.Tensor | None = None,
+    ) -> dict[str, Any]:
+        """UNet keyword arguments: prompt embeddings (default: the cached empty prompt's) and,
+        for the SDXL family, pooled embeddings and ``add_time_ids = (H, W, 0, 0, H, W)``."""
+        if embeds is None:
+            embeds, pooled = self._prompt_embeds, self._pooled_embeds
+        kwargs: dict[str, Any] = {"encoder_hidden_states": embeds.expand(batch, -1, -1)}
+        if pooled is not None:
             time_ids = torch.tensor(
                 [[height, width, 0, 0, height, width]], dtype=self.dtype, device=self.device
             )
             kwargs["added_cond_kwargs"] = {
-                "text_embeds": self._pooled_embeds.expand(batch, -1),
+                "text_embeds": pooled.expand(batch, -1),
                 "time_ids": time_ids.expand(batch, -1),
             }
         return kwargs
@@ -386,15 +391,7 @@ class Backbone:
         batch = latents.shape[0]
         height = latents.shape[-2] * self.vae_scale_factor
         width = latents.shape[-1] * self.vae_scale_factor
-        kwargs: dict[str, Any] = {"encoder_hidden_states": embeds.expand(batch, -1, -1)}
-        if pooled is not None:
-            time_ids = torch.tensor(
-                [[height, width, 0, 0, height, width]], dtype=self.dtype, device=self.device
-            )
-            kwargs["added_cond_kwargs"] = {
-                "text_embeds": pooled.expand(batch, -1),
-                "time_ids": time_ids.expand(batch, -1),
-            }
+        kwargs = self._conditioning(batch, height, width, embeds, pooled)
         ts = torch.full((batch,), int(timestep), dtype=torch.long, device=self.device)
         with CrossAttentionCapture(self.unet) as cap:
             self.unet(latents.to(self.dtype), ts, **kwargs)
@@ -620,41 +617,15 @@ class _Loader:
         return self(cls, subfolder)
 
 
-def _encode_empty_prompt(
-    family: str, text_encoders: list[Any], tokenizers: list[Any], device: torch.device
+def _encode_prompt(
+    family: str, text_encoders: list[Any], tokenizers: list[Any], device: torch.device, prompt: str
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Embeddings of the empty prompt: (1, L, D) and, for the SDXL family, pooled (1, P).
+    """Embeddings of ``prompt``: (1, L, D) and, for the SDXL family, pooled (1, P).
 
     SD 1.x/2.x: the text encoder's last hidden state. SDXL family: the penultimate hidden states
     of both encoders concatenated, and the second encoder's projected pooled output (as
     ``StableDiffusionXLPipeline.encode_prompt`` does for a positive prompt).
     """
-    hidden, pooled = [], None
-    for enc, tok in zip(text_encoders, tokenizers, strict=True):
-        ids = tok(
-            "",
-            padding="max_length",
-            max_length=tok.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(device)
-        with torch.inference_mode():
-            if family == "sdxl":
-                out = enc(ids, output_hidden_states=True)
-                hidden.append(out.hidden_states[-2])
-                first = out[0]
-                if first.ndim == 2:  # CLIPTextModelWithProjection: text_embeds
-                    pooled = first
-            else:
-                hidden.append(enc(ids)[0])
-    embeds = torch.cat(hidden, dim=-1)
-    return embeds, pooled
-
-
-def _encode_prompt(
-    family: str, text_encoders: list[Any], tokenizers: list[Any], device: torch.device, prompt: str
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Embeddings of ``prompt``, exactly as :func:`_encode_empty_prompt` computes them for ""."""
     hidden, pooled = [], None
     for enc, tok in zip(text_encoders, tokenizers, strict=True):
         ids = tok(
@@ -724,7 +695,7 @@ def load_backbone(
     scheduler = load(DDIMScheduler, "scheduler", timestep_spacing="trailing")
     tokenizers = [load.tokenizer(CLIPTokenizer, sub) for sub in token_folders]
     text_encoders = [load(cls, sub, **tkw).to(device).eval() for sub, cls in text]
-    prompt_embeds, pooled = _encode_empty_prompt(preset.family, text_encoders, tokenizers, device)
+    prompt_embeds, pooled = _encode_prompt(preset.family, text_encoders, tokenizers, device, "")
     del text_encoders  # only the cached empty-prompt embedding is needed from here on
 
     vae = load(AutoencoderKL, "vae", torch_dtype=vae_dtype, use_safetensors=True)
