@@ -5,7 +5,7 @@ iteration (as a convolution-based implementation does): the same arithmetic, P t
 Prints CPU time per call (``time.process_time``, so other load on the machine matters less), the
 ratio, the peak extra memory of the stacked masks, and the largest difference between the two.
 
-    .venv/bin/python bench/bench_pamr.py [--threads 1]
+    .venv/bin/python bench/bench_pamr.py [--threads 1] [--quick]
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ def timed(fn, *args, repeat=3):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="only the 128x128 cases")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
@@ -53,7 +54,8 @@ def main() -> None:
         f"{'size':>9} {'K':>3} {'ours s':>8} {'stacked s':>10} {'ratio':>6} "
         f"{'stacked extra MiB':>18} {'max |diff|':>11}"
     )
-    for h, w, k in [(128, 128, 10), (128, 128, 30), (375, 500, 5), (512, 512, 20)]:
+    cases = [(128, 128, 10), (128, 128, 30), (375, 500, 5), (512, 512, 20)]
+    for h, w, k in cases[:2] if args.quick else cases:
         image = torch.rand(1, 3, h, w, generator=g)
         masks = torch.softmax(torch.randn(1, k, h, w, generator=g) * 3, dim=1)
         t_ours, ours = timed(pamr, image, masks)
