@@ -33,8 +33,26 @@ Timesteps: the paper optionally averages attention over several timesteps. That 
 backbone's job (an Encoding holds one attention dict); DWC consumes whatever attention the
 Encoding holds.
 
-Defaults and the measurements behind them (planted attention, see bench/bench_dwc.py
-``--choose-defaults``): DEFAULTS_PLACEHOLDER
+Defaults and the measurements behind them (planted attention, 96 images per setting, see
+graph/stopping.py and ``python bench/bench_dwc.py --choose-defaults``):
+
+* ``graph="reversible"``: the paper's random-walk NCut. The three graphs recover about as many
+  planted images with the default rule (63 / 65 / 65 of 96); the reversible one is the principled
+  one and needs no extra (N, N) x (N, N) product (the feature graph does).
+* ``k=1``: with the default rule, exact recoveries 15 / 16 / 16 / 16 of 24 images for
+  k = 1 / 2 / 4 / 8 on the reversible graph, and k = 8 lowers the mean ARI of flat partitions at
+  the heaviest noise from 0.98 to 0.74 (walks leak across boundaries). Each doubling of k costs one
+  (N, N) x (N, N) product, ~0.8 s at N = 4096 in float32 on 2 CPU cores (k = 8: 2.5 s, more than
+  the rest of the method together): no measured gain for a real cost. Raise k to merge regions
+  that the walk connects in a few hops (coarser segments; on a planted hierarchy k = 1..8 gives
+  the 6 regions and k = 16, 32 the 2 groups, tests/methods/test_dwc.py).
+* ``stopping="gap"``: an automatic per-image threshold, within 1-2 images of the per-image best
+  constant (graph/stopping.py); ``stopping="constant"`` with ``tau`` for a fixed one.
+* ``self_loops=False``: equal on planted attention (63 of 96 either way), whose diagonal is not
+  special. Real self-attention puts much of a row on the query itself; with self-loops a token
+  with P_ii = 0.5 can be cut off alone at a random-walk NCut of ~0.5 (the shattering NOTES.md
+  measured for DiffCut's features).
+* ``refine=False``, PAMR settings and ``max_side`` as DiffCut's.
 """
 
 from __future__ import annotations
