@@ -28,7 +28,6 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "methods"))
 from diffuseg.graph.ncut import ConstantTau, CutResult, recursive_ncut  # noqa: E402
 from diffuseg.graph.stopping import (  # noqa: E402
     RelativeToRoot,
@@ -154,7 +153,7 @@ def _apply(explored: CutResult, candidates: list, rule) -> CutResult:
 
 
 def choose_defaults(args: argparse.Namespace) -> None:
-    from test_dwc import planted_hierarchy_attention
+    from planted import planted_hierarchy_attention
 
     rules = _rules()
     seeds = [int(s) for s in args.seeds.split(",")]

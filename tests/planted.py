@@ -91,17 +91,60 @@ def planted_attention(
     Returns:
         {(h/s, w/s): float32 (h*w/s^2, h/s, w/s)}, rows summing to 1.
     """
-    feats = planted_features(labels, noise, seed)  # (C, h, w)
-    _, h, w = feats.shape
+    return attention_pyramid(planted_features(labels, noise, seed), temperature, factors)
+
+
+def attention_pyramid(
+    features: torch.Tensor, temperature: float, factors: tuple[int, ...] = (1, 2, 4, 8)
+) -> dict[tuple[int, int], torch.Tensor]:
+    """``softmax_j(f_i . f_j / temperature)`` of (C, h, w) features average-pooled by each factor
+    s that divides both sides and leaves at least 2 x 2 tokens: {(h/s, w/s): (h*w/s^2, h/s, w/s)}.
+    """
+    _, h, w = features.shape
     out: dict[tuple[int, int], torch.Tensor] = {}
     for s in factors:
         if h % s or w % s or h // s < 2 or w // s < 2:
             continue
-        f = F.avg_pool2d(feats[None], s)[0] if s > 1 else feats
+        f = F.avg_pool2d(features[None], s)[0] if s > 1 else features
         gh, gw = f.shape[1:]
         tok = f.reshape(f.shape[0], gh * gw).T
         out[(gh, gw)] = torch.softmax(tok @ tok.T / temperature, dim=1).reshape(gh * gw, gh, gw)
     return out
+
+
+def planted_hierarchy_attention(
+    h: int,
+    w: int,
+    coarse: int = 2,
+    fine: int = 3,
+    seed: int = 0,
+    coarse_scale: float = 1.0,
+    fine_scale: float = 0.6,
+    noise: float = 0.1,
+    temperature: float = 0.1,
+    factors: tuple[int, ...] = (1, 2, 4),
+) -> tuple[dict[tuple[int, int], torch.Tensor], np.ndarray, np.ndarray]:
+    """Self-attention of a two-level planted hierarchy, ``Encoding.attention``-style.
+
+    ``coarse * fine`` blocky regions (:func:`planted_labels`); region r belongs to coarse group
+    ``r // fine``. Token features: ``coarse_scale`` x one-hot(coarse group) + ``fine_scale`` x
+    one-hot(region) + Gaussian noise of std ``noise``; per pooling factor s (as
+    :func:`planted_attention`), attention = softmax(f_i . f_j / temperature) of the s-pooled
+    features. Same region: logit (1 + 0.36) / 0.1 = 13.6; same group, other region: 10; other
+    group: 0 - a walker stays in its region for a few steps and in its group for thousands.
+
+    Returns:
+        (attention, fine labels (h, w), coarse labels (h, w)).
+    """
+    fine_labels = planted_labels(h, w, coarse * fine, seed=seed)
+    coarse_labels = fine_labels // fine
+    gen = torch.Generator().manual_seed(seed)
+    f = torch.cat([
+        coarse_scale * F.one_hot(torch.as_tensor(coarse_labels), coarse).float(),
+        fine_scale * F.one_hot(torch.as_tensor(fine_labels), coarse * fine).float(),
+    ], dim=-1)
+    f = (f + noise * torch.randn(f.shape, generator=gen)).permute(2, 0, 1)
+    return attention_pyramid(f, temperature, factors), fine_labels, coarse_labels
 
 
 def adjusted_rand_index(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:

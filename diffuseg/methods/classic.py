@@ -155,10 +155,6 @@ def run_classic(
         "ncut",
         hierarchy=cut.hierarchy,
         token_labels=cut.labels.reshape(grid),
-        refine=config.refine,
-        refine_iterations=config.refine_iterations,
-        refine_dilations=config.refine_dilations,
-        median=config.median,
     )
 
 

@@ -43,10 +43,6 @@ def finish(
     *,
     hierarchy: Hierarchy | None = None,
     token_labels: torch.Tensor | None = None,
-    refine: bool = False,
-    refine_iterations: int = 10,
-    refine_dilations: tuple[int, ...] = (1, 2, 4, 8),
-    median: int = 3,
 ) -> Segmentation:
     """Refine (PAMR + median filter, needs ``encoding.image``), upsample, package.
 
@@ -54,13 +50,15 @@ def finish(
         labels: (h', w') int labels at the working size (<= output size).
         encoding: the Encoding the labels came from (its image guides refinement).
         output_size: (H, W) of the final label map; labels are upsampled nearest if smaller.
-        config: the method's frozen config dataclass (recorded in the result).
+        config: the method's frozen config dataclass (recorded in the result). Its fields
+            ``refine``, ``refine_iterations``, ``refine_dilations`` and ``median``, where present,
+            control refinement (absent: no refinement).
         method: the method's registered name.
     Returns:
         A :class:`Segmentation` with consecutive labels 0..K-1 of shape ``output_size``.
     """
     labels = labels.to("cpu")
-    if refine:
+    if getattr(config, "refine", False):
         from diffuseg.refine import refine_labels
 
         if encoding.image is None:
@@ -69,8 +67,8 @@ def finish(
                 "or pass refine=False)"
             )
         # refine_labels resizes the image to the labels as DiffCut does (bilinear, no antialias)
-        labels = refine_labels(encoding.image, labels, iterations=refine_iterations,
-                               dilations=refine_dilations, median=median).long()
+        labels = refine_labels(encoding.image, labels, iterations=config.refine_iterations,
+                               dilations=config.refine_dilations, median=config.median).long()
     if tuple(labels.shape) != tuple(output_size):
         labels = F.interpolate(labels[None, None].float(), size=tuple(output_size),
                                mode="nearest")[0, 0].long()

@@ -103,10 +103,6 @@ def run_diffcut(
         "diffcut",
         hierarchy=cut.hierarchy,
         token_labels=cut.labels.reshape(h, w),
-        refine=config.refine,
-        refine_iterations=config.refine_iterations,
-        refine_dilations=config.refine_dilations,
-        median=config.median,
     )
 
 

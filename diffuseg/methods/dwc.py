@@ -266,10 +266,6 @@ def run_dwc(
         "dwc",
         hierarchy=result.cut.hierarchy,
         token_labels=result.cut.labels.reshape(h, w),
-        refine=config.refine,
-        refine_iterations=config.refine_iterations,
-        refine_dilations=config.refine_dilations,
-        median=config.median,
     )
     if result.tau is not None:
         seg.config["tau_chosen"] = result.tau

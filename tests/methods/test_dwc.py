@@ -4,7 +4,6 @@ threshold, the three graphs, the method end to end and its registration."""
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from diffuseg.graph.ncut import ConstantTau
 from diffuseg.graph.stopping import SweepContrast, TreeGap
@@ -13,51 +12,12 @@ from diffuseg.methods.diffseg import aggregate_attention
 from diffuseg.methods.dwc import DWCConfig, dwc_tokens, dwc_walk_and_cut, run_dwc
 from diffuseg.types import Encoding
 
-from planted import adjusted_rand_index, planted_attention, planted_labels
-
-
-def planted_hierarchy_attention(
-    h: int,
-    w: int,
-    coarse: int = 2,
-    fine: int = 3,
-    seed: int = 0,
-    coarse_scale: float = 1.0,
-    fine_scale: float = 0.6,
-    noise: float = 0.1,
-    temperature: float = 0.1,
-    factors: tuple[int, ...] = (1, 2, 4),
-) -> tuple[dict[tuple[int, int], torch.Tensor], np.ndarray, np.ndarray]:
-    """Self-attention of a two-level planted hierarchy, ``Encoding.attention``-style.
-
-    ``coarse * fine`` blocky regions (:func:`planted_labels`); region r belongs to coarse group
-    ``r // fine``. Token features: ``coarse_scale`` x one-hot(coarse group) + ``fine_scale`` x
-    one-hot(region) + Gaussian noise of std ``noise``; per pooling factor s (as
-    :func:`planted_attention`), attention = softmax(f_i . f_j / temperature) of the s-pooled
-    features. Same region: logit (1 + 0.36) / 0.1 = 13.6; same group, other region: 10; other
-    group: 0 - a walker stays in its region for a few steps and in its group for thousands.
-
-    Returns:
-        (attention, fine labels (h, w), coarse labels (h, w)).
-    """
-    fine_labels = planted_labels(h, w, coarse * fine, seed=seed)
-    coarse_labels = fine_labels // fine
-    gen = torch.Generator().manual_seed(seed)
-    f = torch.cat([
-        coarse_scale * F.one_hot(torch.as_tensor(coarse_labels), coarse).float(),
-        fine_scale * F.one_hot(torch.as_tensor(fine_labels), coarse * fine).float(),
-    ], dim=-1)
-    f = (f + noise * torch.randn(f.shape, generator=gen)).permute(2, 0, 1)
-    attention = {}
-    for s in factors:
-        if h % s or w % s or h // s < 2 or w // s < 2:
-            continue
-        g = F.avg_pool2d(f[None], s)[0] if s > 1 else f
-        gh, gw = g.shape[1:]
-        tokens = g.reshape(g.shape[0], gh * gw).T
-        attention[(gh, gw)] = torch.softmax(tokens @ tokens.T / temperature, dim=1).reshape(
-            gh * gw, gh, gw)
-    return attention, fine_labels, coarse_labels
+from planted import (
+    adjusted_rand_index,
+    planted_attention,
+    planted_hierarchy_attention,
+    planted_labels,
+)
 
 
 @pytest.fixture(scope="module")
