@@ -270,6 +270,7 @@ class AttentionCapture:
     #: record the layers whose keys come from ``encoder_hidden_states`` too (cross-attention)
     _record_cross = False
     _kind = "self-attention (attn1)"
+    _default_filter = staticmethod(_is_self_attention)
 
     def __init__(
         self,
@@ -277,12 +278,12 @@ class AttentionCapture:
         *,
         chunk_bytes: int | None = None,
         latent_size: tuple[int, int] | None = None,
-        layer_filter: Callable[[str], bool] = _is_self_attention,
+        layer_filter: Callable[[str], bool] | None = None,
     ) -> None:
         self.unet = unet
         self.chunk_bytes = None if chunk_bytes is None else int(chunk_bytes)
         self.latent_size = latent_size
-        self.layer_filter = layer_filter
+        self.layer_filter = layer_filter or self._default_filter
         self._fixed_latent = latent_size is not None
         self._original: dict[str, Any] | None = None
         self._pre_handle: Any = None
@@ -467,18 +468,7 @@ class CrossAttentionCapture(AttentionCapture):
 
     _record_cross = True
     _kind = "cross-attention (attn2)"
-
-    def __init__(
-        self,
-        unet: nn.Module,
-        *,
-        chunk_bytes: int | None = None,
-        latent_size: tuple[int, int] | None = None,
-        layer_filter: Callable[[str], bool] = _is_cross_attention,
-    ) -> None:
-        super().__init__(
-            unet, chunk_bytes=chunk_bytes, latent_size=latent_size, layer_filter=layer_filter
-        )
+    _default_filter = staticmethod(_is_cross_attention)
 
     def maps(self) -> list[dict[tuple[int, int], torch.Tensor]]:
         """Per image: query grid (h, w) -> (T, h, w) float32 CPU tensor, the layer average.
