@@ -102,6 +102,13 @@ def segment_command(
         help="Output format(s), comma-separated: png (<name>.labels.png, .overlay.png, .json), "
              "coco (<name>.masks.json: COCO RLE masks, SAM field names), "
              "npz (<name>.npz: labels int32 + JSON meta, no pickles).")] = "png",
+    caption: Annotated[str | None, typer.Option(
+        help="Name each segment with a word of this caption (cross-attention, DiffSeg's way).")
+    ] = None,
+    words: Annotated[str | None, typer.Option(
+        help="With --caption: the comma-separated caption words to name with (default: its "
+             "words minus stopwords).")] = None,
+    voting: Annotated[str, typer.Option(help="With --caption: mean or majority.")] = "mean",
 ) -> None:
     """Segment images: writes <name>.labels.png, <name>.overlay.png and <name>.json per input
     (or COCO RLE masks / .npz with --format)."""
@@ -136,6 +143,10 @@ def segment_command(
         if no_refine:
             overrides["refine"] = False
         segmenter = Segmenter(method, backbone, device=device, dtype=dtype, size=size, **overrides)
+        if caption is not None and not spec.needs_backbone:
+            raise ValueError(f"--caption needs a diffusion method; {method!r} reads no model")
+        if voting not in ("mean", "majority"):
+            raise ValueError(f"--voting must be mean or majority, got {voting!r}")
     except (ValueError, typer.BadParameter) as exc:
         _error(str(exc))
         raise typer.Exit(2) from None
@@ -156,7 +167,10 @@ def segment_command(
                 result = segmenter.segment(enc)
             else:
                 image = load_image(path)
-                result = segmenter.segment(image)
+                enc = segmenter.encode(image)
+                result = segmenter.segment(enc)
+            if caption is not None:
+                _name_segments(segmenter, enc, result, caption, words, voting)
         except WeightsNotFoundError as exc:
             _error(str(exc))
             raise typer.Exit(2) from None
@@ -178,6 +192,19 @@ def segment_command(
     typer.echo(f"segmented {done}/{len(paths)} input(s) into {out}", err=True)
     if failed:
         raise typer.Exit(1)
+
+
+def _name_segments(segmenter, encoding, result, caption: str, words: str | None,
+                   voting: str) -> None:
+    """Add each segment record's ``name``: the caption word its pixels attend to most."""
+    from diffuseg.labels import name_segments_from_caption
+
+    chosen = [w.strip() for w in words.split(",") if w.strip()] if words else None
+    named = name_segments_from_caption(segmenter.backbone, encoding, result.labels, caption,
+                                       chosen, voting=voting)
+    for record in result.segments:
+        record["name"] = named.names[record["label"]]
+    result.config["caption"] = caption
 
 
 @app.command("encode")

@@ -134,3 +134,25 @@ def test_encode_once_then_segment_without_the_model(tmp_path, tiny_sd1):
         assert record["config"]["tau"] == float(extra[1])
         assert read_label_png(out / "a.labels.png").shape == (96, 160)
         assert (out / "a.overlay.png").is_file()
+
+
+def test_caption_names_every_segment(tmp_path, tiny_sd1):
+    Image.fromarray(bands(96, 160)).save(tmp_path / "a.png")
+    out = tmp_path / "out"
+    args = ["segment", str(tmp_path / "a.png"), "--method", "kmeans", "-p", "k=3",
+            "--backbone", str(tiny_sd1), "--size", "128", "--out", str(out),
+            "--caption", "the cat on the grass"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "a.json").read_text())
+    assert record["config"]["caption"] == "the cat on the grass"
+    names = [s["name"] for s in record["segments"]]
+    assert len(names) == record["num_segments"] and set(names) <= {"cat", "grass"}
+    # one chosen word names every segment
+    result = runner.invoke(app, [*args, "--words", "grass", "--voting", "majority"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "a.json").read_text())
+    assert {s["name"] for s in record["segments"]} == {"grass"}
+    bad = runner.invoke(app, ["segment", str(tmp_path / "a.png"), "--method", "ncut",
+                              "--caption", "a cat", "--out", str(out)])
+    assert bad.exit_code == 2 and "needs a diffusion method" in bad.output
