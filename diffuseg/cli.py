@@ -109,6 +109,9 @@ def segment_command(
         help="With --caption: the comma-separated caption words to name with (default: its "
              "words minus stopwords).")] = None,
     voting: Annotated[str, typer.Option(help="With --caption: mean or majority.")] = "mean",
+    attention_timesteps: Annotated[str | None, typer.Option(
+        help="Timestep(s) of the self-attention pass, comma-separated to average over several "
+             "(default 300).")] = None,
 ) -> None:
     """Segment images: writes <name>.labels.png, <name>.overlay.png and <name>.json per input
     (or COCO RLE masks / .npz with --format)."""
@@ -142,7 +145,11 @@ def segment_command(
                 overrides[key] = value
         if no_refine:
             overrides["refine"] = False
-        segmenter = Segmenter(method, backbone, device=device, dtype=dtype, size=size, **overrides)
+        timesteps = None
+        if attention_timesteps:
+            timesteps = [int(t) for t in attention_timesteps.split(",") if t.strip()]
+        segmenter = Segmenter(method, backbone, device=device, dtype=dtype, size=size,
+                              attention_timestep=timesteps, **overrides)
         if caption is not None and not spec.needs_backbone:
             raise ValueError(f"--caption needs a diffusion method; {method!r} reads no model")
         if voting not in ("mean", "majority"):

@@ -46,6 +46,8 @@ class Segmenter:
         device, dtype: where and how the backbone runs (default: CUDA with half precision when
             available, else CPU float32).
         size: long side (px) the image is resized to before encoding (default: the preset's).
+        attention_timestep: timestep of the self-attention pass (default 300), or a list to
+            average the attention over several timesteps (DWC's option).
         **config: settings of the method (see its config dataclass), e.g. ``tau=0.4``.
 
     Example:
@@ -60,6 +62,7 @@ class Segmenter:
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         size: int | None = None,
+        attention_timestep: int | list[int] | None = None,
         **config: Any,
     ) -> None:
         self.spec: MethodSpec = get_method(method)
@@ -69,6 +72,7 @@ class Segmenter:
         self.device = device
         self.dtype = dtype
         self.size = size
+        self.attention_timestep = attention_timestep
         self.overrides = dict(config)
         self.spec.make_config(self.overrides)  # fail now on unknown settings
         self._backbone = None
@@ -110,11 +114,14 @@ class Segmenter:
         array = load_image(image)
         if not self.spec.needs_backbone:
             return Encoding(image=array, meta={"original_size": list(array.shape[:2])})
+        extra = {} if self.attention_timestep is None else {
+            "attention_timestep": self.attention_timestep}
         (encoding,) = self.backbone.encode(
             [array],
             features="features" in self.spec.needs,
             attention="attention" in self.spec.needs,
             size=self.size,
+            **extra,
         )
         return encoding
 
@@ -168,6 +175,7 @@ def segment(
         **overrides: method settings (``tau=...``), or ``device``, ``dtype``, ``size``,
             ``output_size``.
     """
-    init = {k: overrides.pop(k) for k in ("device", "dtype", "size") if k in overrides}
+    init = {k: overrides.pop(k) for k in ("device", "dtype", "size", "attention_timestep")
+            if k in overrides}
     output_size = overrides.pop("output_size", None)
     return Segmenter(method, backbone, **init, **overrides).segment(image, output_size=output_size)

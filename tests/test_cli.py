@@ -99,7 +99,7 @@ def tiny_sd1(tmp_path_factory):
     return make_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "sd1", family="sd1")
 
 
-@pytest.mark.parametrize("method", ["diffcut", "diffseg", "kmeans"])
+@pytest.mark.parametrize("method", ["diffcut", "diffseg", "kmeans", "dwc"])
 def test_segment_with_a_tiny_saved_model(tmp_path, tiny_sd1, method):
     Image.fromarray(bands(96, 160)).save(tmp_path / "a.png")
     out = tmp_path / "out"
@@ -156,3 +156,15 @@ def test_caption_names_every_segment(tmp_path, tiny_sd1):
     bad = runner.invoke(app, ["segment", str(tmp_path / "a.png"), "--method", "ncut",
                               "--caption", "a cat", "--out", str(out)])
     assert bad.exit_code == 2 and "needs a diffusion method" in bad.output
+
+
+def test_dwc_with_attention_averaged_over_timesteps(tmp_path, tiny_sd1):
+    Image.fromarray(bands(96, 160)).save(tmp_path / "a.png")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["segment", str(tmp_path / "a.png"), "--method", "dwc",
+                                 "--backbone", str(tiny_sd1), "--size", "128", "--out", str(out),
+                                 "--attention-timesteps", "100,300,700"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "a.json").read_text())
+    assert record["config"]["attention_timestep"] == [100, 300, 700]
+    assert read_label_png(out / "a.labels.png").shape == (96, 160)

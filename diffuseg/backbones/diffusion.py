@@ -300,17 +300,23 @@ class Backbone:
 
     @torch.inference_mode()
     def attention(
-        self, latents: torch.Tensor, *, timestep: int = ATTENTION_TIMESTEP
+        self, latents: torch.Tensor, *, timestep: int | Sequence[int] = ATTENTION_TIMESTEP
     ) -> list[dict[tuple[int, int], torch.Tensor]]:
         """Head- and layer-averaged self-attention of clean latents (B, 4, h8, w8) at the
-        timestep embedding of ``timestep`` (no noise added). Returns per image
-        {(h, w): (h*w, h, w) float32 CPU tensor}, rows summing to 1."""
+        timestep embedding of ``timestep`` (no noise added); a list of timesteps averages the
+        maps over them (one pass each, summed into the same running sums, so memory does not
+        grow). Returns per image {(h, w): (h*w, h, w) float32 CPU tensor}, rows summing to 1."""
         batch = latents.shape[0]
         height = latents.shape[-2] * self.vae_scale_factor
         width = latents.shape[-1] * self.vae_scale_factor
-        ts = torch.full((batch,), int(timestep), dtype=torch.long, device=self.device)
+        timesteps = [timestep] if isinstance(timestep, int) else list(timestep)
+        if not timesteps:
+            raise ValueError("attention needs at least one timestep")
+        conditioning = self._conditioning(batch, height, width)
         with AttentionCapture(self.unet) as cap:
-            self.unet(latents.to(self.dtype), ts, **self._conditioning(batch, height, width))
+            for t in timesteps:
+                ts = torch.full((batch,), int(t), dtype=torch.long, device=self.device)
+                self.unet(latents.to(self.dtype), ts, **conditioning)
         return cap.maps()
 
     # -- captions: text encoders on demand, cross-attention ------------------------------------
@@ -407,7 +413,7 @@ class Backbone:
         size: int | None = None,
         timestep: int | None = None,
         seed: int = 42,
-        attention_timestep: int = ATTENTION_TIMESTEP,
+        attention_timestep: int | Sequence[int] = ATTENTION_TIMESTEP,
         square: bool = False,
         batch_size: int = 4,
     ) -> list[Encoding]:
@@ -422,7 +428,8 @@ class Backbone:
                 sides become multiples of :attr:`multiple` (64 for Stable Diffusion).
             timestep: DiffCut noise timestep (default the preset's, 50).
             seed: seed of the noise (shape (1, 4, H/8, W/8), shared by a batch).
-            attention_timestep: timestep embedding of the attention pass (300).
+            attention_timestep: timestep embedding of the attention pass (300), or a list of
+                timesteps to average the attention over (DWC's multi-timestep option).
             square: centre-crop each image to a square first (the evaluation protocol).
             batch_size: images of equal processed size are encoded together, this many at once.
         Returns:
@@ -478,7 +485,10 @@ class Backbone:
                         meta["timestep"] = t
                         meta["feature_layer"] = self.preset.feature_block
                     if attention:
-                        meta["attention_timestep"] = int(attention_timestep)
+                        meta["attention_timestep"] = (
+                            int(attention_timestep) if isinstance(attention_timestep, int)
+                            else [int(t) for t in attention_timestep]
+                        )
                     results[i] = Encoding(
                         features=None if feats is None else feats[j].clone(),
                         attention={} if maps is None else maps[j],

@@ -235,6 +235,8 @@ def name_segments_from_caption(
     if encoding.image is None:
         raise ValueError("the Encoding holds no processed image: encode it again")
     t = timestep if timestep is not None else encoding.meta.get("attention_timestep", 300)
+    if isinstance(t, list):  # attention averaged over several timesteps: caption at the first
+        t = t[0]
     latents = backbone.latents(encoding.image[None])
     cross = backbone.cross_attention(latents, caption, timestep=int(t))[0]
     return caption_names(labels, cross, backbone.tokenizer, caption, words, voting=voting)

@@ -81,7 +81,7 @@ def finish(
         record["leaf"] = int(leaf_ids[record["label"]])
     cfg = {"method": method, **asdict(config)}
     cfg["output_size"] = list(output_size)
-    for key in ("backbone", "repo", "family", "timestep"):
+    for key in ("backbone", "repo", "family", "timestep", "attention_timestep"):
         if key in encoding.meta:
             cfg.setdefault(key, encoding.meta[key])
     return Segmentation(
