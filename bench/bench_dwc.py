@@ -19,26 +19,17 @@ equals a planted level exactly (ARI 1). About 8 minutes per seed on 2 CPU cores.
 
 from __future__ import annotations
 
-import os
+# isort: off
+from common import timed  # first: pins one thread before numpy and torch load
+# isort: on
 
-# One thread, as bench_ncut.py: on a shared 2-core machine thread contention swamps the timings
-# (two runs with 2 threads measured 26.8x and 9.3x for the same cut).
-for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(var, "1")
+import argparse
+import sys
 
-import argparse  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import torch
 
-import torch  # noqa: E402
-
-torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from diffuseg.graph.ncut import ConstantTau, CutResult, recursive_ncut  # noqa: E402
-from diffuseg.graph.stopping import (  # noqa: E402
+from diffuseg.graph.ncut import ConstantTau, CutResult, recursive_ncut
+from diffuseg.graph.stopping import (
     RelativeToRoot,
     SpectralGap,
     SweepContrast,
@@ -46,27 +37,18 @@ from diffuseg.graph.stopping import (  # noqa: E402
     cut_with_rule,
     prune_cut,
 )
-from diffuseg.graph.walk import (  # noqa: E402
+from diffuseg.graph.walk import (
     matrix_power_walk,
     stationary_distribution,
     transition_matrix,
     walk_graph,
 )
-from diffuseg.methods.assign import assign_concepts  # noqa: E402
-from diffuseg.methods.diffseg import aggregate_attention  # noqa: E402
-from diffuseg.methods.dwc import DWCConfig  # noqa: E402
-from diffuseg.types import Hierarchy, HierarchyNode  # noqa: E402
+from diffuseg.methods.assign import assign_concepts
+from diffuseg.methods.diffseg import aggregate_attention
+from diffuseg.methods.dwc import DWCConfig
+from diffuseg.types import Hierarchy, HierarchyNode
 
-from planted import adjusted_rand_index, planted_attention, planted_labels  # noqa: E402
-
-
-def timed(fn, repeats: int = 1) -> tuple[float, object]:
-    times, out = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
+from planted import adjusted_rand_index, planted_attention, planted_labels
 
 
 def bench(args: argparse.Namespace) -> None:

@@ -12,34 +12,18 @@ Two inputs, both modes in this process on the same affinity, ratio printed for e
 
 from __future__ import annotations
 
-import os
+# isort: off
+from common import timed  # first: pins one thread before numpy and torch load
+# isort: on
 
-# One thread: on a shared 2-core machine thread contention swamps the timings of both modes.
-for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(var, "1")
+import argparse
 
-import argparse  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import torch
 
-import torch  # noqa: E402
+from diffuseg.graph.affinity import cosine_affinity
+from diffuseg.graph.ncut import recursive_ncut
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from diffuseg.graph.affinity import cosine_affinity  # noqa: E402
-from diffuseg.graph.ncut import recursive_ncut  # noqa: E402
-
-from planted import adjusted_rand_index, planted_features, planted_labels  # noqa: E402
-
-
-def timed(fn, repeats: int) -> tuple[float, object]:
-    times, out = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
+from planted import adjusted_rand_index, planted_features, planted_labels
 
 
 def main() -> None:
@@ -49,7 +33,6 @@ def main() -> None:
     parser.add_argument("--regions", type=int, default=8)
     parser.add_argument("--noise", type=float, default=0.02)
     args = parser.parse_args()
-    torch.set_num_threads(1)
     side, repeats = (16, 1) if args.quick else (32, args.repeats)
 
     labels = planted_labels(side, side, args.regions, seed=0)

@@ -421,10 +421,15 @@ class AttentionCapture:
             count = self._counts[grid]
             for b, s in enumerate(self._sums[grid]):
                 s.div_(count)
-                result[b][grid] = s.to("cpu").view(h * w, h, w)
+                result[b][grid] = self._layout(s.to("cpu"), h, w)
             self._sums[grid] = []
         self.reset()
         return result
+
+    @staticmethod
+    def _layout(total: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """(h*w, keys) running sum -> the map layout :meth:`maps` returns: (h*w, h, w)."""
+        return total.view(h * w, h, w)
 
     def reset(self) -> None:
         """Drop the running sums (e.g. between batches)."""
@@ -470,22 +475,9 @@ class CrossAttentionCapture(AttentionCapture):
     _kind = "cross-attention (attn2)"
     _default_filter = staticmethod(_is_cross_attention)
 
-    def maps(self) -> list[dict[tuple[int, int], torch.Tensor]]:
-        """Per image: query grid (h, w) -> (T, h, w) float32 CPU tensor, the layer average.
-
-        ``[k, i, j]`` is the head- and layer-averaged probability that location (i, j) attends to
-        prompt token k; it sums to 1 over k. The capture is reset afterwards.
-        """
-        if not self._sums:
-            return []
-        batch = len(next(iter(self._sums.values())))
-        result: list[dict[tuple[int, int], torch.Tensor]] = [{} for _ in range(batch)]
-        for grid in sorted(self._sums, key=lambda g: -g[0] * g[1]):
-            h, w = grid
-            count = self._counts[grid]
-            for b, s in enumerate(self._sums[grid]):
-                s.div_(count)
-                result[b][grid] = s.to("cpu").t().reshape(-1, h, w).contiguous()
-            self._sums[grid] = []
-        self.reset()
-        return result
+    @staticmethod
+    def _layout(total: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """(h*w, T) running sum -> (T, h, w): ``maps()[b][grid][k, i, j]`` is the head- and
+        layer-averaged probability that location (i, j) attends to prompt token k (sums to 1
+        over k)."""
+        return total.t().reshape(-1, h, w).contiguous()
