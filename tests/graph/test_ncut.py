@@ -231,3 +231,17 @@ def test_deterministic_and_input_validated():
         recursive_ncut(w, mode="slow")
     with pytest.raises(ValueError, match="floating"):
         recursive_ncut(torch.ones(3, 3, dtype=torch.int64))
+
+
+def test_lanczos_failure_falls_back_to_the_dense_solver(monkeypatch):
+    import scipy.sparse.linalg as sparse_linalg
+
+    def no_convergence(*args, **kwargs):
+        raise sparse_linalg.ArpackNoConvergence("forced", [], [])
+
+    w = cosine_affinity(planted_features(planted_labels(16, 16, 3, seed=2), 0.2, dim=8), 4)
+    expected, lam = fiedler_vector(w, w.sum(1), solver="dense")
+    monkeypatch.setattr(sparse_linalg, "eigsh", no_convergence)
+    v, lam_fallback = fiedler_vector(w, w.sum(1), solver="lanczos")
+    torch.testing.assert_close(v, expected)
+    assert lam_fallback == pytest.approx(lam)
