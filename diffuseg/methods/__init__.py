@@ -82,15 +82,11 @@ def list_methods() -> list[str]:
 
 
 def _load_all() -> None:
-    # Importing a method module registers it; modules not written yet are simply absent.
+    # Importing a method module registers it.
     import importlib
 
     for module in ("diffcut", "classic", "diffseg", "baselines", "dwc"):
-        try:
-            importlib.import_module(f"diffuseg.methods.{module}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"diffuseg.methods.{module}":
-                raise
+        importlib.import_module(f"diffuseg.methods.{module}")
 
 
 __all__ = ["Encoding", "MethodSpec", "Segmentation", "get_method", "list_methods", "register"]
