@@ -190,15 +190,24 @@ def _resize_labels(labels: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def hierarchy_levels(segmentation, max_levels: int = 8) -> list[tuple[int | None, np.ndarray]]:
-    """[(depth, labels_at_depth)] for the depths :func:`hierarchy_figure` shows.
+    """[(depth, labels)] for the depths :func:`hierarchy_figure` shows.
 
     Depth 0 (one segment) to D (the leaves) when ``D + 1 <= max_levels``, else ``max_levels``
     depths evenly spaced from 0 to D; ``[(None, labels)]`` for a segmentation without hierarchy.
+    Each region is labelled with the smallest final label inside it (not renumbered per depth),
+    so a segment keeps its colour from level to level and a split shows as one new colour.
     """
+    leaves = _as_numpy(segmentation.labels)
     if segmentation.hierarchy is None:
-        return [(None, _as_numpy(segmentation.labels))]
+        return [(None, leaves)]
     depths = _depths_to_show(segmentation.hierarchy.depth, max_levels)
-    return [(d, segmentation.labels_at_depth(d)) for d in depths]
+    levels = []
+    for d in depths:
+        merged = segmentation.labels_at_depth(d)
+        first = np.full(int(merged.max()) + 1, np.iinfo(np.int32).max, dtype=np.int64)
+        np.minimum.at(first, merged.ravel(), leaves.ravel())
+        levels.append((d, first[merged].astype(np.int32)))
+    return levels
 
 
 def _depths_to_show(depth: int, max_levels: int) -> list[int]:

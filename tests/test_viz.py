@@ -121,11 +121,16 @@ def test_hierarchy_figure_one_row_per_level_exact_sizes():
         body = fig[depth * row + TITLE_HEIGHT : (depth + 1) * row].reshape(-1, 3)
         colours = {tuple(c) for c in body} - {(255, 255, 255)}  # minus the boundary colour
         assert len(colours) == k, (depth, colours)
-    # each row is exactly the overlay of the labels cut at that depth
+    # each row is exactly the overlay of the labels cut at that depth, every region labelled by
+    # its smallest leaf so that colours persist from level to level
+    levels = hierarchy_levels(seg)
     for depth in range(3):
         body = fig[depth * row + TITLE_HEIGHT : (depth + 1) * row]
-        np.testing.assert_array_equal(
-            body, overlay(gray_image(), seg.labels_at_depth(depth), alpha=1.0))
+        np.testing.assert_array_equal(body, overlay(gray_image(), levels[depth][1], alpha=1.0))
+        merged = seg.labels_at_depth(depth)
+        for k in np.unique(merged):
+            assert np.unique(levels[depth][1][merged == k]).tolist() == [
+                int(seg.labels[merged == k].min())]
     leaves = fig[2 * row + TITLE_HEIGHT :]
     assert len({tuple(leaves[5, x]) for x in (0, 30, 59)}) == 3  # three stripes, three colours
     no_titles = hierarchy_figure(gray_image(), seg, titles=False, alpha=1.0)
