@@ -92,12 +92,6 @@ def test_listing_commands():
     assert backbones.exit_code == 0 and "segmind/SSD-1B" in backbones.output
 
 
-@pytest.fixture(scope="module")
-def tiny_sd1(tmp_path_factory):
-    from tiny_models import make_tiny_pipeline
-
-    return make_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "sd1", family="sd1")
-
 
 @pytest.mark.parametrize("method", ["diffcut", "diffseg", "kmeans", "dwc"])
 def test_segment_with_a_tiny_saved_model(tmp_path, tiny_sd1, method):

@@ -1,7 +1,6 @@
 """`diffuseg compare`: several methods side by side in one figure."""
 
 import numpy as np
-import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -11,28 +10,11 @@ from diffuseg.viz import TITLE_HEIGHT
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def tiny_sd1(tmp_path_factory):
-    from tiny_models import make_tiny_pipeline
-
-    return make_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "sd1", family="sd1")
 
 
-@pytest.fixture(scope="module")
-def photo(tmp_path_factory):
-    from pathlib import Path
-
-    import diffuseg
-
-    src = Path(diffuseg.__file__).parent / "assets" / "example.jpg"
-    path = tmp_path_factory.mktemp("img") / "photo.png"
-    Image.open(src).convert("RGB").resize((160, 120)).save(path)
-    return path
-
-
-def test_compare_ncut_and_kmeans_on_a_tiny_model(tmp_path, tiny_sd1, photo):
+def test_compare_ncut_and_kmeans_on_a_tiny_model(tmp_path, tiny_sd1, small_photo):
     out = tmp_path / "fig" / "compare.png"
-    result = runner.invoke(app, ["compare", str(photo), "--methods", "ncut,kmeans",
+    result = runner.invoke(app, ["compare", str(small_photo), "--methods", "ncut,kmeans",
                                  "--backbone", str(tiny_sd1), "--size", "128",
                                  "--panel-width", "100", "--out", str(out)])
     assert result.exit_code == 0, result.output
@@ -48,19 +30,20 @@ def test_compare_ncut_and_kmeans_on_a_tiny_model(tmp_path, tiny_sd1, photo):
     assert "2 methods" in result.stderr
 
 
-def test_compare_default_width_and_order(tmp_path, photo):
+def test_compare_default_width_and_order(tmp_path, small_photo):
     out = tmp_path / "c.png"
-    result = runner.invoke(app, ["compare", str(photo), "--methods", "ncut", "--out", str(out)])
+    result = runner.invoke(app, ["compare", str(small_photo), "--methods", "ncut",
+                                 "--out", str(out)])
     assert result.exit_code == 0, result.output
     with Image.open(out) as im:
         assert im.size == (160, 120 + TITLE_HEIGHT)
 
 
-def test_compare_missing_weights_is_one_clear_line(tmp_path, photo, monkeypatch):
+def test_compare_missing_weights_is_one_clear_line(tmp_path, small_photo, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     out = tmp_path / "c.png"
-    result = runner.invoke(app, ["compare", str(photo), "--methods", "ncut,diffcut,diffseg",
+    result = runner.invoke(app, ["compare", str(small_photo), "--methods", "ncut,diffcut,diffseg",
                                  "--out", str(out)])
     assert result.exit_code == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -69,9 +52,9 @@ def test_compare_missing_weights_is_one_clear_line(tmp_path, photo, monkeypatch)
     assert "Traceback" not in result.output and not out.exists()
 
 
-def test_compare_bad_inputs(tmp_path, photo):
+def test_compare_bad_inputs(tmp_path, small_photo):
     for args in (["--methods", "ncut,nope"], ["--methods", " , "]):
-        result = runner.invoke(app, ["compare", str(photo), *args,
+        result = runner.invoke(app, ["compare", str(small_photo), *args,
                                      "--out", str(tmp_path / "x.png")])
         assert result.exit_code == 2
         assert len([x for x in result.stderr.splitlines() if x.startswith("error:")]) == 1

@@ -22,18 +22,6 @@ runner = CliRunner()
 EXAMPLE = "diffuseg/assets/example.jpg"
 
 
-@pytest.fixture(scope="module")
-def small_example(tmp_path_factory):
-    """The example photo at 160x120 (many segments, fast)."""
-    from pathlib import Path
-
-    import diffuseg
-
-    src = Path(diffuseg.__file__).parent / "assets" / "example.jpg"
-    path = tmp_path_factory.mktemp("img") / "photo.png"
-    Image.open(src).convert("RGB").resize((160, 120)).save(path)
-    return path
-
 
 def labels_from_masks(doc) -> np.ndarray:
     h, w = doc["image"]["height"], doc["image"]["width"]
@@ -45,9 +33,9 @@ def labels_from_masks(doc) -> np.ndarray:
     return out
 
 
-def test_all_formats_round_trip_through_the_cli(tmp_path, small_example):
+def test_all_formats_round_trip_through_the_cli(tmp_path, small_photo):
     out = tmp_path / "out"
-    result = runner.invoke(app, ["segment", str(small_example), "--method", "ncut",
+    result = runner.invoke(app, ["segment", str(small_photo), "--method", "ncut",
                                  "--param", "tau=0.3", "--format", "png,coco,npz",
                                  "--out", str(out)])
     assert result.exit_code == 0, result.output
@@ -88,18 +76,18 @@ def test_all_formats_round_trip_through_the_cli(tmp_path, small_example):
     assert meta["hierarchy"][0]["depth"] == 0
 
 
-def test_single_formats_write_only_their_files(tmp_path, small_example):
+def test_single_formats_write_only_their_files(tmp_path, small_photo):
     for fmt, names in (("coco", ["photo.masks.json"]), ("npz", ["photo.npz"]),
                        ("png", ["photo.json", "photo.labels.png", "photo.overlay.png"])):
         out = tmp_path / fmt
-        result = runner.invoke(app, ["segment", str(small_example), "--method", "ncut",
+        result = runner.invoke(app, ["segment", str(small_photo), "--method", "ncut",
                                      "--param", "grid=16", "--format", fmt, "--out", str(out)])
         assert result.exit_code == 0, result.output
         assert sorted(p.name for p in out.iterdir()) == names
 
 
-def test_unknown_format_is_one_clear_line(tmp_path, small_example):
-    result = runner.invoke(app, ["segment", str(small_example), "--method", "ncut",
+def test_unknown_format_is_one_clear_line(tmp_path, small_photo):
+    result = runner.invoke(app, ["segment", str(small_photo), "--method", "ncut",
                                  "--format", "png,tiff", "--out", str(tmp_path / "out")])
     assert result.exit_code == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -17,12 +16,8 @@ from tiny_models import make_tiny_pipeline  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models: one intra-op thread is faster and steadier on a shared 2-core machine.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def _one_thread(one_thread):
+    """Every backbone test runs on one torch thread (see tests/conftest.py)."""
 
 
 @pytest.fixture(scope="session")

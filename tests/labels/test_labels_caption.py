@@ -127,12 +127,7 @@ def test_caption_names_with_a_multi_token_word():
 
 
 # -- tiny models ---------------------------------------------------------------------------------
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
