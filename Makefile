@@ -13,8 +13,6 @@ $(STAMP): pyproject.toml
 	# torch first and pinned: the CPU build on CPU-only machines, the CUDA build elsewhere
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[dev,coco,demo]"
-	# the CLIP BPE vocabulary only (tests): never its dependencies (torchvision would not import)
-	$(BIN)/pip install --quiet --no-deps open_clip_torch
 	touch $(STAMP)
 
 # The browser test drives Debian's Chromium (never a downloaded browser build). Without root

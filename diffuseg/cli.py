@@ -102,8 +102,23 @@ def segment_command(
         help="Output format(s), comma-separated: png (<name>.labels.png, .overlay.png, .json), "
              "coco (<name>.masks.json: COCO RLE masks, SAM field names), "
              "npz (<name>.npz: labels int32 + JSON meta, no pickles).")] = "png",
+    classes: Annotated[str | None, typer.Option(
+        help="Name each segment with one of these comma-separated class names (CLIP mask "
+             "classification, DiffCut's way), e.g. \"cat,dog,grass\".")] = None,
+    classes_file: Annotated[Path | None, typer.Option(
+        help="Class names, one per line (\"person, people\": synonyms; # comments).")] = None,
+    merge: Annotated[bool, typer.Option(
+        help="With classes: merge the segments of one class (DiffCut).")] = True,
+    clip: Annotated[str | None, typer.Option(
+        help="CLIP model for classes: folder (open_clip_config.json + "
+             "open_clip_model.safetensors), hub id or open_clip name:tag "
+             "(default DiffCut's convnext_large_d_320).")] = None,
+    clip_size: Annotated[int, typer.Option(help="Long side (px) of CLIP's input.")] = 1024,
     caption: Annotated[str | None, typer.Option(
-        help="Name each segment with a word of this caption (cross-attention, DiffSeg's way).")
+        help="Name each segment with a word of this caption (cross-attention, DiffSeg's way); "
+             "'auto' captions each image with the captioning model first.")] = None,
+    captioner: Annotated[str | None, typer.Option(
+        help="Captioning model for --caption auto: folder or hub id (default DiffSeg's BLIP).")
     ] = None,
     words: Annotated[str | None, typer.Option(
         help="With --caption: the comma-separated caption words to name with (default: its "
@@ -149,11 +164,16 @@ def segment_command(
         if attention_timesteps:
             timesteps = [int(t) for t in attention_timesteps.split(",") if t.strip()]
         segmenter = Segmenter(method, backbone, device=device, dtype=dtype, size=size,
-                              attention_timestep=timesteps, **overrides)
+                              attention_timestep=timesteps, clip=clip, clip_size=clip_size,
+                              captioner=captioner, **overrides)
+        class_names = _class_names(classes, classes_file)
+        if class_names is not None and caption is not None:
+            raise ValueError("name segments by --classes or by --caption, not both")
         if caption is not None and not spec.needs_backbone:
             raise ValueError(f"--caption needs a diffusion method; {method!r} reads no model")
         if voting not in ("mean", "majority"):
             raise ValueError(f"--voting must be mean or majority, got {voting!r}")
+        chosen = [w.strip() for w in words.split(",") if w.strip()] if words else None
     except (ValueError, typer.BadParameter) as exc:
         _error(str(exc))
         raise typer.Exit(2) from None
@@ -176,8 +196,9 @@ def segment_command(
                 image = load_image(path)
                 enc = segmenter.encode(image)
                 result = segmenter.segment(enc)
-            if caption is not None:
-                _name_segments(segmenter, enc, result, caption, words, voting)
+            if class_names is not None or caption is not None:
+                result = segmenter.name(result, enc, classes=class_names, caption=caption,
+                                        words=chosen, voting=voting, merge=merge)
         except WeightsNotFoundError as exc:
             _error(str(exc))
             raise typer.Exit(2) from None
@@ -192,7 +213,7 @@ def segment_command(
             write_json(out / f"{stem}.json", {"input": str(path), **result.to_dict()})
         if "coco" in formats:
             write_masks_json(out / f"{stem}.masks.json", result.labels, result.config,
-                             input=str(path))
+                             names=result.names, input=str(path))
         if "npz" in formats:
             write_npz(out / f"{stem}.npz", result.labels, {"input": str(path), **result.to_dict()})
     done = len(paths) - failed
@@ -201,17 +222,23 @@ def segment_command(
         raise typer.Exit(1)
 
 
-def _name_segments(segmenter, encoding, result, caption: str, words: str | None,
-                   voting: str) -> None:
-    """Add each segment record's ``name``: the caption word its pixels attend to most."""
-    from diffuseg.labels import name_segments_from_caption
-
-    chosen = [w.strip() for w in words.split(",") if w.strip()] if words else None
-    named = name_segments_from_caption(segmenter.backbone, encoding, result.labels, caption,
-                                       chosen, voting=voting)
-    for record in result.segments:
-        record["name"] = named.names[record["label"]]
-    result.config["caption"] = caption
+def _class_names(classes: str | None, classes_file: Path | None) -> list[str] | None:
+    """The class names of --classes (comma-separated) and --classes-file (one per line)."""
+    if classes is None and classes_file is None:
+        return None
+    names = [c.strip() for c in (classes or "").split(",") if c.strip()]
+    if classes_file is not None:
+        try:
+            lines = classes_file.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read --classes-file {classes_file}: {exc}") from None
+        names += [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    if not names:
+        raise ValueError("no class names given")
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"class names given twice: {', '.join(dup)}")
+    return names
 
 
 @app.command("encode")

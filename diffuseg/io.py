@@ -688,35 +688,40 @@ MASKS_FORMAT = "diffuseg.masks/1"
 NPZ_FORMAT = "diffuseg.npz/1"
 
 
-def masks_document(labels: Any, config: Any = None, **extra: Any) -> dict[str, Any]:
+def masks_document(labels: Any, config: Any = None, names: Any = None,
+                   **extra: Any) -> dict[str, Any]:
     """The masks JSON document of a label map (what :func:`write_masks_json` writes).
 
     Args:
         labels: (H, W) non-negative integer label map.
         config: the resolved settings (dict or dataclass), stored as ``config``.
+        names: optional {label: name} (class or caption word): each annotation gets ``name``.
         **extra: more top-level fields (e.g. ``input="photo.jpg"``).
     Returns:
         {"format": MASKS_FORMAT, "image": {"height": H, "width": W}, "config": ...,
         "annotations": :func:`labels_to_coco_rle` records (SAM's field names), **extra}.
     """
     lab = _check_labels(labels)
+    annotations = labels_to_coco_rle(lab)
+    for ann in annotations if names else []:
+        ann["name"] = names.get(ann["label"])
     return {
         "format": MASKS_FORMAT,
         **extra,
         "image": {"height": int(lab.shape[0]), "width": int(lab.shape[1])},
         "config": _jsonable(config) if config is not None else {},
-        "annotations": labels_to_coco_rle(lab),
+        "annotations": annotations,
     }
 
 
 def write_masks_json(path: str | os.PathLike, labels: Any, config: Any = None,
-                     **extra: Any) -> None:
+                     names: Any = None, **extra: Any) -> None:
     """Write :func:`masks_document` as JSON, atomically (compact: masks files get large).
 
     Each annotation's ``segmentation`` decodes with ``pycocotools.mask.decode`` or
     :func:`coco_rle_to_mask`; the label map is ``sum(k * mask_k)``.
     """
-    write_json(path, masks_document(labels, config, **extra), indent=None)
+    write_json(path, masks_document(labels, config, names, **extra), indent=None)
 
 
 def write_npz(path: str | os.PathLike, labels: Any, meta: dict[str, Any] | None = None) -> None:

@@ -1,11 +1,15 @@
 """The public entry point: a method bound to a (lazily loaded) backbone.
 
 ``Segmenter.encode`` runs the expensive UNet pass once; ``Segmenter.segment`` turns an image or a
-saved Encoding into a Segmentation with any settings, without the model when given an Encoding.
+saved Encoding into a Segmentation with any settings, without the model when given an Encoding;
+``Segmenter.name`` names its segments with class names (CLIP) or a caption's words
+(cross-attention), each model loaded on first use.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +52,18 @@ class Segmenter:
         size: long side (px) the image is resized to before encoding (default: the preset's).
         attention_timestep: timestep of the self-attention pass (default 300), or a list to
             average the attention over several timesteps (DWC's option).
+        clip: the CLIP model that names segments by class (open_clip ConvNeXt: a folder, hub id
+            or ``name:tag``; default DiffCut's ``convnext_large_d_320``), loaded on first use; or
+            an already loaded model (anything with ``dense``, ``head`` and ``encode_text``).
+        clip_size: long side (px) of CLIP's input, rounded to a multiple of 32 (DiffCut: 1024).
+        captioner: the captioning model for ``caption="auto"`` (default DiffSeg's BLIP).
         **config: settings of the method (see its config dataclass), e.g. ``tau=0.4``.
 
     Example:
         >>> seg = Segmenter(method="ncut").segment("photo.jpg")
         >>> seg.labels.shape  # (H, W) int32, values 0..K-1
+        >>> seg = Segmenter().segment("photo.jpg", classes=["cat", "dog", "grass"])
+        >>> seg.names  # {label: class name}, segments of one class merged
     """
 
     def __init__(
@@ -63,6 +74,9 @@ class Segmenter:
         dtype: str | torch.dtype | None = None,
         size: int | None = None,
         attention_timestep: int | list[int] | None = None,
+        clip: str | Path | None = None,
+        clip_size: int = 1024,
+        captioner: str | Path | None = None,
         **config: Any,
     ) -> None:
         self.spec: MethodSpec = get_method(method)
@@ -75,7 +89,16 @@ class Segmenter:
         self.attention_timestep = attention_timestep
         self.overrides = dict(config)
         self.spec.make_config(self.overrides)  # fail now on unknown settings
+        if int(clip_size) < 32:
+            raise ValueError(f"clip_size must be at least 32, got {clip_size}")
+        self._clip = clip if hasattr(clip, "dense") else None
+        self.clip_name = None if clip is None else (
+            type(clip).__name__ if self._clip is not None else str(clip))
+        self.clip_size = int(clip_size)
+        self.captioner_name = str(captioner) if captioner is not None else None
         self._backbone = None
+        self._captioner = None
+        self._classifiers: dict[tuple[str, ...], Any] = {}
 
     @property
     def method(self) -> str:
@@ -91,6 +114,26 @@ class Segmenter:
 
             self._backbone = load_backbone(self.backbone_name, device=self.device, dtype=self.dtype)
         return self._backbone
+
+    @property
+    def clip(self):
+        """The CLIP model that names segments by class (loads it on first access)."""
+        if self._clip is None:
+            from diffuseg.labels.clip_model import DEFAULT_CLIP, load_clip
+
+            self._clip = load_clip(self.clip_name or DEFAULT_CLIP, device=self.device,
+                                   dtype=self.dtype)
+        return self._clip
+
+    @property
+    def captioner(self):
+        """The captioning model of ``caption="auto"`` (loads it on first access)."""
+        if self._captioner is None:
+            from diffuseg.labels.captioner import DEFAULT_CAPTIONER, load_captioner
+
+            self._captioner = load_captioner(self.captioner_name or DEFAULT_CAPTIONER,
+                                             device=self.device, dtype=self.dtype)
+        return self._captioner
 
     def config(self, encoding: Encoding | None = None, **overrides: Any):
         """The resolved config: published defaults, then the backbone's, then the user's."""
@@ -129,6 +172,12 @@ class Segmenter:
         self,
         image_or_encoding: ImageLike | Encoding,
         output_size: tuple[int, int] | None = None,
+        *,
+        classes: Sequence[str] | None = None,
+        caption: str | None = None,
+        words: Sequence[str] | None = None,
+        voting: str = "mean",
+        merge: bool = True,
         **overrides: Any,
     ) -> Segmentation:
         """Segment an image, or re-segment a saved Encoding without the model.
@@ -136,6 +185,7 @@ class Segmenter:
         Args:
             image_or_encoding: a path, PIL image, (H, W, 3) uint8 array, or an Encoding.
             output_size: (H, W) of the labels; default the original image size.
+            classes, caption, words, voting, merge: name the segments (:meth:`name`).
             **overrides: settings for this call only.
         Returns:
             Segmentation: labels (H, W) int32 in 0..K-1, hierarchy, segments, resolved config.
@@ -152,7 +202,115 @@ class Segmenter:
                 f"method {self.method!r} needs {sorted(missing)} but this Encoding has none; "
                 f"encode it with that part (diffuseg encode --method {self.method})"
             )
-        return self.spec.run(encoding, config, output_size)
+        result = self.spec.run(encoding, config, output_size)
+        if classes is None and caption is None:
+            return result
+        return self.name(result, encoding, classes=classes, caption=caption, words=words,
+                         voting=voting, merge=merge)
+
+    def name(
+        self,
+        segmentation: Segmentation,
+        image_or_encoding: ImageLike | Encoding,
+        *,
+        classes: Sequence[str] | None = None,
+        caption: str | None = None,
+        words: Sequence[str] | None = None,
+        voting: str = "mean",
+        merge: bool = True,
+    ) -> Segmentation:
+        """Name the segments of ``segmentation``: by class names (CLIP) or by a caption's words.
+
+        Args:
+            segmentation: what :meth:`segment` returned for this image.
+            image_or_encoding: the image (path, PIL, array) or its Encoding (needed for a
+                caption: the cross-attention is computed on the encoding's latent).
+            classes: class names (DiffCut's open-vocabulary step: masked pooling of CLIP's dense
+                features, argmax over the 14-template text embeddings); "a, b" are synonyms.
+            caption: a caption whose words name the segments (DiffSeg's cross-attention), or
+                "auto" to caption the image with the captioning model first.
+            words: with ``caption``: the words that may name segments (default its non-stopwords).
+            voting: with ``caption``: "mean" or "majority".
+            merge: with ``classes``: merge segments of the same class (DiffCut); the merged
+                segmentation has no hierarchy and each record lists the labels it merged.
+        Returns:
+            A new Segmentation whose segment records carry ``name`` (and ``score``, the cosine
+            similarity of the winning class, for classes); ``config`` records how.
+        """
+        if (classes is None) == (caption is None):
+            raise ValueError("name segments by classes or by a caption (exactly one)")
+        if classes is not None:
+            return self._name_by_classes(segmentation, image_or_encoding, classes, merge)
+        return self._name_by_caption(segmentation, image_or_encoding, caption, words, voting)
+
+    def _image_of(self, image_or_encoding: ImageLike | Encoding) -> np.ndarray:
+        from diffuseg.io import load_image
+
+        if isinstance(image_or_encoding, Encoding):
+            if image_or_encoding.image is None:
+                raise ValueError("this Encoding holds no image: pass the image to name segments")
+            return image_or_encoding.image
+        return load_image(image_or_encoding)
+
+    def _name_by_classes(self, seg: Segmentation, image_or_encoding: ImageLike | Encoding,
+                         classes: Sequence[str], merge: bool) -> Segmentation:
+        from diffuseg.backbones.diffusion import resize_dims
+        from diffuseg.labels.clip import build_text_classifier, classify_segments
+        from diffuseg.types import segment_records
+
+        names = tuple(str(c).strip() for c in classes)
+        if not names or not all(names):
+            raise ValueError("classes must be non-empty names")
+        if names not in self._classifiers:  # text embeddings once per class list
+            self._classifiers[names] = build_text_classifier(self.clip.encode_text, names)
+        classifier = self._classifiers[names]
+        image = self._image_of(image_or_encoding)
+        size = resize_dims(*image.shape[:2], self.clip_size, multiple=32)
+        _, _, sims = classify_segments(self.clip.dense(image, size), seg.labels, classifier,
+                                       self.clip.head, merge=False)
+        cls = sims.argmax(1).tolist()
+        config = {**seg.config, "classes": list(names), "clip": self.clip_name or "default",
+                  "clip_size": self.clip_size, "merge": bool(merge)}
+        if not merge:
+            records = [{**r, "name": names[cls[r["label"]]],
+                        "score": round(float(sims[r["label"], cls[r["label"]]]), 6)}
+                       for r in seg.segments]
+            return dataclasses.replace(seg, segments=records, config=config)
+        order = list(dict.fromkeys(cls[r["label"]] for r in seg.segments))  # first appearance
+        remap = np.array([order.index(c) for c in cls], dtype=np.int32)
+        labels = remap[seg.labels]
+        records = segment_records(labels)
+        for r in records:
+            members = [s["label"] for s in seg.segments if remap[s["label"]] == r["label"]]
+            c = order[r["label"]]
+            r.update(name=names[c], score=round(max(float(sims[m, c]) for m in members), 6),
+                     merged_from=members)
+        return Segmentation(labels=labels, hierarchy=None, segments=records, config=config)
+
+    def _name_by_caption(self, seg: Segmentation, image_or_encoding: ImageLike | Encoding,
+                         caption: str, words: Sequence[str] | None,
+                         voting: str) -> Segmentation:
+        from diffuseg.labels import name_segments_from_caption
+
+        if not self.spec.needs_backbone:
+            raise ValueError(f"naming by caption needs a diffusion method; {self.method!r} "
+                             "reads no model")
+        if voting not in ("mean", "majority"):
+            raise ValueError(f"voting must be 'mean' or 'majority', got {voting!r}")
+        encoding = image_or_encoding
+        if not isinstance(encoding, Encoding):
+            encoding = self.encode(encoding)
+        config = dict(seg.config)
+        if str(caption).strip().lower() == "auto":
+            caption = self.captioner.caption(self._image_of(encoding))
+            config["captioner"] = self.captioner_name or "default"
+        named = name_segments_from_caption(self.backbone, encoding, seg.labels, caption,
+                                           list(words) if words else None, voting=voting)
+        records = [{**r, "name": named.names[r["label"]]} for r in seg.segments]
+        config.update(caption=caption, voting=voting)
+        if words:
+            config["words"] = list(words)
+        return dataclasses.replace(seg, segments=records, config=config)
 
 
 def _part(encoding: Encoding, part: str):

@@ -250,7 +250,9 @@ class Segmentation:
     Attributes:
         labels: (H, W) int32, values 0..K-1, every value present.
         hierarchy: tree of the recursive cut (cut-based methods), else None.
-        segments: one record per label: {"label", "area", "bbox" [x, y, w, h]}.
+        segments: one record per label: {"label", "area", "bbox" [x, y, w, h]}, plus
+            "leaf" (cut-based methods) and "name" (+ "score" for classes, "merged_from" when
+            segments of one class were merged) once named (:meth:`Segmenter.name`).
         config: the resolved settings that produced it (method, backbone, every parameter).
         token_labels: (h, w) int32 labels on the token grid before concept assignment, if any.
     """
@@ -283,6 +285,11 @@ class Segmentation:
             raise ValueError("this segmentation has no hierarchy (not a cut-based method)")
         leaf_of_label = np.array([s.get("leaf", s["label"]) for s in self.segments])
         return self.hierarchy.labels_at_depth(leaf_of_label[self.labels], depth)
+
+    @property
+    def names(self) -> dict[int, str]:
+        """{label: name} of the named segments (after naming by classes or a caption)."""
+        return {s["label"]: s["name"] for s in self.segments if s.get("name") is not None}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable summary: config, segments, hierarchy (no pixel data)."""

@@ -100,7 +100,7 @@ def weights_help(repo_id: str | None) -> str:
     repo = repo_id or "REPO"
     text = (
         "Provide the weights with --model PATH (a local diffusers folder written by "
-        f"save_pretrained), or download them once with `huggingface-cli download {repo}`"
+        f"save_pretrained), or download them once with `hf download {repo}`"
     )
     if hub_offline():
         return text + " (HF_HUB_OFFLINE is set: only the local Hugging Face cache is searched)."

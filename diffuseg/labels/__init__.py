@@ -4,12 +4,13 @@
 - :mod:`diffuseg.labels.caption`: :func:`caption_names`, :func:`name_segments_from_caption`.
 - :mod:`diffuseg.labels.clip`: :func:`mask_pool`, :func:`build_text_classifier`,
   :func:`classify_pooled`, :func:`classify_segments`, :func:`merge_named_segments`,
-  :func:`load_open_clip`.
+  :func:`name_with_classes`; :mod:`diffuseg.labels.clip_model`: :func:`load_clip` (open_clip's
+  ConvNeXt CLIP in plain torch).
 - :mod:`diffuseg.labels.tokens`: :func:`word_token_indices`, :func:`caption_words`,
   :func:`clip_tokenizer`.
 - :mod:`diffuseg.labels.templates`: the 14 ViLD templates, stopwords.
 
-Importing this package does not import open_clip, diffusers or transformers.
+Importing this package does not import open_clip (never needed), diffusers or transformers.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ from diffuseg.labels.clip import (
     build_text_classifier,
     classify_pooled,
     classify_segments,
-    load_open_clip,
     mask_pool,
     merge_named_segments,
+    name_with_classes,
 )
+from diffuseg.labels.clip_model import ClipModel, load_clip
 from diffuseg.labels.templates import STOPWORDS, VILD_TEMPLATES
 from diffuseg.labels.tokens import caption_words, clip_tokenizer, word_token_indices
 
@@ -38,6 +40,7 @@ __all__ = [
     "STOPWORDS",
     "VILD_TEMPLATES",
     "CaptionNames",
+    "ClipModel",
     "TextClassifier",
     "aggregate_cross_attention",
     "build_text_classifier",
@@ -46,10 +49,11 @@ __all__ = [
     "classify_pooled",
     "classify_segments",
     "clip_tokenizer",
-    "load_open_clip",
+    "load_clip",
     "mask_pool",
     "merge_named_segments",
     "name_segments_from_caption",
+    "name_with_classes",
     "vote_words",
     "word_maps",
     "word_token_indices",

@@ -14,20 +14,19 @@ Given a segmentation and class names:
    a class's synonyms), argmax per segment. :func:`merge_named_segments` then merges segments
    with the same class.
 
-Steps 1-4 are pure (tensors in, tensors out). :func:`load_open_clip` loads a model through
-open_clip (local folder, ``hf-hub:`` id, or model name + pretrained tag, the offline cache honoured)
-and exposes ``dense`` / ``head`` / ``encode_text`` for them.
+Steps 1-4 are pure (tensors in, tensors out). :func:`diffuseg.labels.clip_model.load_clip`
+loads open_clip's ConvNeXt CLIP and exposes ``dense`` / ``head`` / ``encode_text`` for them;
+:func:`name_with_classes` runs the whole step on an image.
 
-Differences from DiffCut's code, on purpose: DiffCut drops the last class from the argmax (its
-FC-CLIP-derived code reserves it for "void"); here every given class can win. Logit scale and
-softmax are omitted: they do not change the argmax.
+As in DiffCut's code every class can win: its FC-CLIP-derived logits append a duplicate of the
+last column as "void" and the argmax drops only that duplicate. Logit scale and softmax are
+omitted: they do not change the argmax.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,14 +36,13 @@ import torch.nn.functional as F
 from diffuseg.labels.templates import VILD_TEMPLATES, expand_templates, split_synonyms
 
 __all__ = [
-    "OpenClip",
     "TextClassifier",
     "build_text_classifier",
     "classify_pooled",
     "classify_segments",
-    "load_open_clip",
     "mask_pool",
     "merge_named_segments",
+    "name_with_classes",
 ]
 
 
@@ -223,112 +221,28 @@ def classify_segments(
     return lab.numpy().astype(np.int32), [classifier.names[int(c)] for c in classes], sims
 
 
-# ---------------------------------------------------------------------------------------------
-# loading through open_clip (not importable on machines without torchvision)
-# ---------------------------------------------------------------------------------------------
-#: DiffCut's model: open_clip ConvNeXt-Large (320 px, LAION-2B fine-tuned "soup").
-DEFAULT_MODEL = "convnext_large_d_320"
-DEFAULT_PRETRAINED = "laion2b_s29b_b131k_ft_soup"
-_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP normalisation (open_clip default)
-_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-class OpenClip:
-    """An open_clip ConvNeXt model split the way mask classification needs it.
-
-    Attributes:
-        model: the open_clip model (eval mode).
-        tokenizer: its open_clip tokenizer.
-        device: where it runs.
-    """
-
-    def __init__(self, model: Any, tokenizer: Any, device: torch.device) -> None:
-        visual = getattr(model, "visual", None)
-        if visual is None or not hasattr(visual, "trunk") or not hasattr(visual.trunk, "stages"):
-            raise ValueError("dense features are implemented for open_clip ConvNeXt (timm) models")
-        self.model = model
-        self.tokenizer = tokenizer
-        self.device = device
-
-    @torch.inference_mode()
-    def dense(self, image: np.ndarray, size: int = 1024) -> torch.Tensor:
-        """Dense features before the head of an (H, W, 3) uint8 image resized to ``size`` x
-        ``size``: float32 (C, size/32, size/32) on the CPU (1536 channels for ConvNeXt-L)."""
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-        mean = torch.tensor(_CLIP_MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(_CLIP_STD).view(1, 3, 1, 1)
-        x = ((x - mean) / std).to(self.device)
-        trunk = self.model.visual.trunk
-        x = trunk.stem(x)
-        for stage in trunk.stages:
-            x = stage(x)
-        x = trunk.norm_pre(x)
-        return x[0].float().cpu()
-
-    @torch.inference_mode()
-    def head(self, pooled: torch.Tensor) -> torch.Tensor:
-        """(K, C) pooled dense features -> (K, D) image embeddings (trunk head + projection)."""
-        x = pooled.to(self.device).reshape(pooled.shape[0], -1, 1, 1)
-        x = self.model.visual.trunk.head(x)
-        x = self.model.visual.head(x)
-        return x.reshape(pooled.shape[0], -1).float().cpu()
-
-    @torch.inference_mode()
-    def encode_text(self, prompts: list[str]) -> torch.Tensor:
-        """(n,) prompts -> (n, D) text embeddings (unnormalised), float32 on the CPU."""
-        tokens = self.tokenizer(prompts).to(self.device)
-        return self.model.encode_text(tokens).float().cpu()
-
-
-def load_open_clip(
-    name_or_path: str = DEFAULT_MODEL,
-    pretrained: str | None = DEFAULT_PRETRAINED,
-    device: torch.device | str | None = None,
-) -> OpenClip:
-    """Load an open_clip model for mask classification.
+def name_with_classes(
+    clip: Any,
+    image: np.ndarray,
+    labels: Any,
+    classes: TextClassifier | Sequence[str],
+    *,
+    size: int | tuple[int, int] = 1024,
+    merge: bool = True,
+) -> tuple[np.ndarray, list[str], torch.Tensor]:
+    """Name the segments of one image with class names (DiffCut's open-vocabulary step).
 
     Args:
-        name_or_path: a local folder in open_clip's hub layout (``open_clip_config.json`` and
-            ``open_clip_model.safetensors``), an ``hf-hub:org/repo`` id, or an open_clip model
-            name (then ``pretrained`` names the weights, downloaded to the Hugging Face cache on
-            a user's machine; with ``HF_HUB_OFFLINE=1`` only the cache is read).
-        pretrained: the pretrained tag for a model name (ignored for folders and hub ids).
-        device: default ``cuda`` if available, else ``cpu``.
-    Raises:
-        ImportError: open_clip (with torchvision) is not importable; the message says what to
-            install.
-        WeightsNotFoundError: the weights cannot be found; the message says how to provide them.
+        clip: a model with ``dense(image, size)``, ``head`` and ``encode_text``
+            (:func:`diffuseg.labels.clip_model.load_clip`).
+        image: (H, W, 3) uint8, the image the labels describe.
+        labels: (H', W') int labels 0..K-1 (any size; pooled on CLIP's grid).
+        classes: class names, or a :class:`TextClassifier` built once for many images.
+        size: CLIP's input size (DiffCut: 1024, the diffusion input; 2048 on COCO-Object).
+        merge: merge segments that got the same class.
+    Returns:
+        As :func:`classify_segments`: labels, the class name of each label, similarities (K, N).
     """
-    from diffuseg.backbones.registry import WeightsNotFoundError
-
-    try:
-        import open_clip
-    except ImportError as exc:
-        raise ImportError(
-            "CLIP labels need open_clip: `pip install open_clip_torch` (it needs a torchvision "
-            f"that matches your torch) ({exc})"
-        ) from None
-    device = torch.device(device) if device is not None else torch.device(
-        "cuda" if torch.cuda.is_available() else "cpu"
-    )
-    path = Path(str(name_or_path))
-    if path.is_dir():
-        if not (path / "open_clip_config.json").is_file():
-            raise WeightsNotFoundError(
-                f"{path} is not an open_clip model folder (no open_clip_config.json)"
-            )
-        model_id, tag = f"local-dir:{path}", None
-    elif str(name_or_path).startswith("hf-hub:"):
-        model_id, tag = str(name_or_path), None
-    else:
-        model_id, tag = str(name_or_path), pretrained
-    try:
-        model = open_clip.create_model(model_id, pretrained=tag, device=device)
-        tokenizer = open_clip.get_tokenizer(model_id)
-    except (OSError, RuntimeError) as exc:
-        raise WeightsNotFoundError(
-            f"cannot load CLIP model {name_or_path!r} ({pretrained}): {exc}. Download it once "
-            "with network access (it goes to the Hugging Face cache), or pass a local folder."
-        ) from None
-    return OpenClip(model.eval(), tokenizer, device)
+    if not isinstance(classes, TextClassifier):
+        classes = build_text_classifier(clip.encode_text, classes)
+    return classify_segments(clip.dense(image, size), labels, classes, clip.head, merge=merge)

@@ -11,16 +11,14 @@ are found by matching pieces, never token ids: a sub-word search would find "bal
 slow or fast) and checks the assumption on every call: if the concatenated piece tokens differ
 from the caption's tokens, it raises instead of returning wrong positions.
 
-:func:`clip_tokenizer` builds Stable Diffusion's tokenizer offline from the real CLIP BPE
-vocabulary that the ``open_clip_torch`` package ships (``bpe_simple_vocab_16e6.txt.gz``; install
-it with ``pip install --no-deps open_clip_torch``: only the data file is read, open_clip is never
-imported).
+:func:`clip_tokenizer` builds Stable Diffusion's (and open_clip's) tokenizer offline from the
+real CLIP BPE vocabulary, shipped in ``diffuseg/assets`` (``bpe_simple_vocab_16e6.txt.gz``, OpenAI
+CLIP's file; see the assets README for its source and licence).
 """
 
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -125,8 +123,9 @@ def word_token_indices(
     Returns:
         {word: sorted token positions}, words in :func:`caption_words` order.
     Raises:
-        ValueError: a word is missing from the caption or truncated away entirely, or the
-            tokenizer does not split text the way CLIP does.
+        ValueError: a given word is missing from the caption or truncated away entirely (words
+            chosen by default that are truncated away are skipped), or the tokenizer does not
+            split text the way CLIP does.
     """
     chosen = caption_words(caption, words, stopwords)
     pieces = caption_pieces(caption)
@@ -151,8 +150,12 @@ def word_token_indices(
             positions.extend(1 + t for t in range(starts[s], starts[s + len(wp)]))
         positions = sorted(p for p in set(positions) if p < limit)
         if not positions:
+            if words is None:  # a long (e.g. generated) caption: its tail is not seen, skip it
+                continue
             raise ValueError(f"word {word!r} lies past the prompt's {limit + 1} tokens")
         result[word] = positions
+    if not result:
+        raise ValueError(f"no word of the caption lies within the prompt's {limit + 1} tokens")
     return result
 
 
@@ -164,20 +167,11 @@ _NUM_MERGES = 49152 - 256 - 2  # CLIP keeps the first 48,894 merges: 49,408 toke
 
 
 def clip_bpe_path() -> Path:
-    """Path of the CLIP BPE file shipped by ``open_clip_torch`` (located without importing it).
-
-    Raises:
-        FileNotFoundError: open_clip_torch is not installed (the message says how to get it).
-    """
-    spec = importlib.util.find_spec("open_clip")
-    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
-        path = Path(folder) / _BPE_FILE
-        if path.is_file():
-            return path
-    raise FileNotFoundError(
-        f"the CLIP vocabulary ({_BPE_FILE}) ships with open_clip_torch: "
-        "`pip install --no-deps open_clip_torch` (only its data file is used)"
-    )
+    """Path of the CLIP BPE file shipped with diffuseg (``diffuseg/assets``)."""
+    path = Path(__file__).resolve().parents[1] / "assets" / _BPE_FILE
+    if not path.is_file():  # pragma: no cover - a broken installation
+        raise FileNotFoundError(f"{path} is missing: reinstall diffuseg")
+    return path
 
 
 def _bytes_to_unicode() -> dict[int, str]:

@@ -9,7 +9,7 @@ def _assert_helpful(message: str):
     assert "\n" not in message
     assert "--model PATH" in message
     assert "save_pretrained" in message
-    assert "huggingface-cli download" in message
+    assert "hf download" in message
     assert "HF_HUB_OFFLINE" in message
 
 
@@ -35,7 +35,7 @@ def test_preset_offline_with_empty_cache(monkeypatch, tmp_path, name):
     message = str(info.value)
     _assert_helpful(message)
     repo = {"sd14": "CompVis/stable-diffusion-v1-4", "ssd-1b": "segmind/SSD-1B"}[name]
-    assert f"huggingface-cli download {repo}" in message
+    assert f"hf download {repo}" in message
     assert "not found in the local Hugging Face cache" in message
 
 

@@ -1,5 +1,5 @@
 """Opt-in: a real diffusion model folder. Set DIFFUSEG_MODEL_DIR to a local diffusers pipeline
-folder (e.g. ``huggingface-cli download segmind/SSD-1B --local-dir ...``) and run
+folder (e.g. ``hf download segmind/SSD-1B --local-dir ...``) and run
 ``pytest -m weights tests/backbones``."""
 
 import os
