@@ -34,8 +34,11 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """The demo on a free port of 127.0.0.1, with small upload limits; encodes are counted."""
+    from tiny_clip import make_tiny_clip
+
     state = DemoState(max_pixels=1_000_000, max_bytes=2_000_000,
-                      workdir=tmp_path_factory.mktemp("demo-work"))
+                      workdir=tmp_path_factory.mktemp("demo-work"),
+                      clip=str(make_tiny_clip(tmp_path_factory.mktemp("clip"))))
     encoded = []
     real_encode = state._encode
 
@@ -56,9 +59,9 @@ def client(server):
 
 
 def segment(client, path, method="ncut", tau=0.1, backbone=METHOD_DEFAULT, folder="", k=6,
-            refine=False):
+            refine=False, classes=""):
     return client.predict(handle_file(str(path)), backbone, folder, method, tau, 10.0, k, 16,
-                          refine, api_name="/segment")
+                          refine, classes, api_name="/segment")
 
 
 def read_rgb(path) -> np.ndarray:
@@ -104,6 +107,28 @@ def test_segment_round_trip_then_resegment_from_cache(client, server):
     assert "from cache" in status2
     assert len(encoded) == before + 1  # still one encode
     assert not np.array_equal(read_rgb(overlay2), read_rgb(overlay))
+
+
+def test_class_names_name_and_merge_the_segments(client, server):
+    _, state, encoded = server
+    _, _, _, _, plain_files, _ = segment(client, EXAMPLE_IMAGE, tau=0.2)
+    classes = ["tote", "box", "bottle"]
+    overlay, _, segments, levels, files, status = segment(client, EXAMPLE_IMAGE, tau=0.2,
+                                                          classes=", ".join(classes))
+    labels = read_label_png(files[0])
+    doc = json.loads(Path(files[1]).read_text())
+    names = [ann["name"] for ann in doc["annotations"]]
+    assert set(names) <= set(classes) and len(names) == len(set(names))  # merged by class
+    plain_labels = read_label_png(plain_files[0])
+    assert len(np.unique(labels)) == len(names) <= len(np.unique(plain_labels))
+    # every merged segment is a union of whole segments of the unnamed run
+    for k in np.unique(plain_labels):
+        assert len(np.unique(labels[plain_labels == k])) == 1
+    assert doc["config"]["classes"] == classes
+    assert all(item["caption"].split(":")[0] in classes for item in segments)
+    assert ", ".join(sorted(set(names))) in status
+    with pytest.raises(Exception, match="each class name once"):
+        segment(client, EXAMPLE_IMAGE, tau=0.2, classes="cat, cat")
 
 
 def test_bad_uploads_give_a_clear_message_and_the_server_keeps_answering(client, tmp_path):

@@ -106,6 +106,8 @@ class DemoState:
         size: long side the image is encoded at (default: the backbone preset's).
         workdir: folder for the downloadable files (default: a new temporary folder).
         keep_outputs: download folders of this many recent requests are kept.
+        clip: the CLIP model that names segments when class names are given (folder, hub id or
+            open_clip ``name:tag``; default DiffCut's), loaded on the first such request.
 
     Attributes:
         encode_calls: how many times an image was actually encoded (cache misses).
@@ -121,6 +123,7 @@ class DemoState:
         size: int | None = None,
         workdir: str | os.PathLike | None = None,
         keep_outputs: int = 16,
+        clip: str | os.PathLike | None = None,
     ) -> None:
         if cache_size < 1:
             raise ValueError(f"cache_size must be >= 1, got {cache_size}")
@@ -137,6 +140,8 @@ class DemoState:
         self._cache: OrderedDict[tuple, Encoding] = OrderedDict()
         self._encoding_files: dict[tuple, Path] = {}
         self._backbones: dict[str, Any] = {}
+        self.clip = str(clip) if clip is not None else None
+        self._clip_model: Any = None
         self._requests = 0
         self._lock = threading.RLock()
 
@@ -272,14 +277,34 @@ class DemoState:
                 self._encoding_files[key] = path
             return path
 
+    def clip_model(self) -> Any:
+        """The CLIP model for class names (loaded once, on the first request that names)."""
+        with self._lock:
+            if self._clip_model is None:
+                from diffuseg.labels.clip_model import DEFAULT_CLIP, load_clip
+
+                self._clip_model = load_clip(self.clip or DEFAULT_CLIP, device=self.device,
+                                             dtype=self.dtype)
+            return self._clip_model
+
+    @staticmethod
+    def class_names(text: str | None) -> list[str] | None:
+        """Comma-separated class names from the page (None when the box is empty)."""
+        names = [c.strip() for c in (text or "").split(",") if c.strip()]
+        if len(set(names)) != len(names):
+            raise DemoError("each class name once, please")
+        return names or None
+
     def run(
         self,
         path: str | os.PathLike | None,
         method: str,
         backbone: str | None,
         settings: dict[str, Any] | None = None,
+        classes: list[str] | None = None,
     ) -> Result:
-        """Load, encode (or take from the cache), segment and write the downloads.
+        """Load, encode (or take from the cache), segment, name the segments by ``classes``
+        (CLIP, segments of one class merged) when given, and write the downloads.
 
         Raises:
             DemoError: a bad upload or setting; WeightsNotFoundError: the backbone's weights are
@@ -301,13 +326,16 @@ class DemoState:
             segmentation = segmenter.segment(encoding, output_size=image.shape[:2], **overrides)
         except ValueError as exc:
             raise DemoError(f"{method} cannot segment this: {exc}") from None
+        if classes:
+            namer = Segmenter(method, backbone, clip=self.clip_model())
+            segmentation = namer.name(segmentation, image, classes=classes)
         t2 = time.perf_counter()
         folder = self._new_output_dir()
         labels_path = folder / f"{stem}.labels.png"
         masks_path = folder / f"{stem}.masks.json"
         write_label_png(labels_path, segmentation.labels)
         write_masks_json(masks_path, segmentation.labels, segmentation.config,
-                         input=Path(path).name)
+                         names=segmentation.names, input=Path(path).name)
         encoding_path = self._encoding_file(key, encoding, stem)
         return Result(
             image=image,
@@ -337,6 +365,8 @@ def _status(result: Result, method: str) -> str:
         else f"encoded in {result.encode_seconds:.1f} s"
     )
     depth = f", hierarchy depth {seg.hierarchy.depth}" if seg.hierarchy is not None else ""
+    if seg.names:
+        depth += " · " + ", ".join(sorted(set(seg.names.values())))
     h, w = seg.labels.shape
     return (
         f"**{seg.num_segments} segments**{depth} · `{method}` {where} · {w}x{h} px · "
@@ -347,8 +377,10 @@ def _status(result: Result, method: str) -> str:
 def _gallery(result: Result) -> tuple[list, list]:
     seg = result.segmentation
     total = seg.labels.size
+    names = seg.names
     segments = [
-        (crop, f"#{k}: {100 * int((seg.labels == k).sum()) / total:.0f}%")
+        (crop, f"{names[k] if k in names else f'#{k}'}: "
+               f"{100 * int((seg.labels == k).sum()) / total:.0f}%")
         for k, crop in segment_cutouts(result.image, seg.labels, max_segments=GALLERY_SEGMENTS)
     ]
     levels = []
@@ -373,8 +405,10 @@ def build_app(
         backbone: preset name or local folder selected at start (default: each method's own).
     Returns:
         gr.Blocks whose public API endpoint ``/segment`` takes (image file, backbone preset,
-        backbone folder, method, tau, alpha, k, anchor_grid, refine) and returns (overlay, label
-        map, segments gallery, hierarchy gallery, [labels PNG, masks JSON, Encoding], status).
+        backbone folder, method, tau, alpha, k, anchor_grid, refine, class names) and returns
+        (overlay, label map, segments gallery, hierarchy gallery, [labels PNG, masks JSON,
+        Encoding], status). Class names (comma-separated, may be empty) name the segments with
+        CLIP and merge those of one class.
     """
     import gradio as gr
 
@@ -410,12 +444,14 @@ def build_app(
         )
         return updates
 
-    def segment(path, choice, folder_text, method_name, tau, alpha, k, anchor_grid, refine):
+    def segment(path, choice, folder_text, method_name, tau, alpha, k, anchor_grid, refine,
+                classes_text=""):
         try:
             name = state.backbone_for(method_name, choice, folder_text)
             settings = {"tau": tau, "alpha": alpha, "k": k, "anchor_grid": anchor_grid,
                         "refine": refine}
-            result = state.run(path, method_name, name, settings)
+            result = state.run(path, method_name, name, settings,
+                               classes=state.class_names(classes_text))
         except DemoError as exc:
             raise gr.Error(str(exc), print_exception=False) from None
         except WeightsNotFoundError as exc:
@@ -475,6 +511,9 @@ def build_app(
                                          value=initial[-1].get("value", False),
                                          visible=initial[-1].get("visible", False),
                                          elem_id="refine")
+                classes_box = gr.Textbox(value="", label="Name segments: class names, "
+                                         "comma-separated (CLIP; empty: no names)",
+                                         placeholder="cat, dog, grass", elem_id="classes")
                 run_button = gr.Button("Segment", variant="primary", elem_id="segment")
                 status = gr.Markdown("Upload an image to start.", elem_id="status")
             with gr.Column(scale=2):
@@ -491,7 +530,8 @@ def build_app(
                                     "Encoding (.safetensors)", file_count="multiple",
                                     interactive=False, elem_id="downloads")
 
-        inputs = [upload, backbone_box, folder_box, method_box, *sliders, refine_box]
+        inputs = [upload, backbone_box, folder_box, method_box, *sliders, refine_box,
+                  classes_box]
         outputs = [overlay_image, labels_image, segments_gallery, levels_gallery, downloads,
                    status]
         common = {"concurrency_id": "segment", "concurrency_limit": 1}
@@ -500,6 +540,7 @@ def build_app(
         for slider in sliders:
             slider.release(resegment, inputs, outputs, api_visibility="private", **common)
         refine_box.input(resegment, inputs, outputs, api_visibility="private", **common)
+        classes_box.submit(resegment, inputs, outputs, api_visibility="private", **common)
         for box in (method_box, backbone_box, folder_box):
             event = box.input if box is not folder_box else box.submit
             event(
