@@ -395,6 +395,9 @@ def demo_command(
                           ] = 16_000_000,
     max_bytes: Annotated[int, typer.Option(help="Largest accepted upload (bytes).")
                          ] = 25_000_000,
+    clip: Annotated[str | None, typer.Option(
+        help="CLIP model for class names (folder, hub id or open_clip name:tag; default "
+             "DiffCut's), loaded on the first request that names segments.")] = None,
 ) -> None:
     """Start the web demo (Gradio: the `demo` extra of the package)."""
     share_link = share.strip().lower()
@@ -408,7 +411,8 @@ def demo_command(
         raise typer.Exit(2) from None
     try:
         launch(host=host, port=port, share=share_link in ("true", "1", "yes"),
-               backbone=backbone, method=method, max_pixels=max_pixels, max_bytes=max_bytes)
+               backbone=backbone, method=method, max_pixels=max_pixels, max_bytes=max_bytes,
+               clip=clip)
     except (ValueError, OSError) as exc:
         _error(str(exc))
         raise typer.Exit(2) from None

@@ -573,6 +573,7 @@ def launch(
     max_bytes: int = 25_000_000,
     prevent_thread_lock: bool = False,
     state: DemoState | None = None,
+    clip: str | None = None,
     **launch_kwargs: Any,
 ):
     """Build and serve the demo.
@@ -584,13 +585,15 @@ def launch(
         backbone, method: selected at start (see :func:`build_app`).
         max_pixels, max_bytes: the largest accepted upload.
         prevent_thread_lock: return at once, serving in a background thread.
-        state: a :class:`DemoState` to use (its limits win over ``max_pixels``/``max_bytes``).
+        state: a :class:`DemoState` to use (its limits and CLIP win over ``max_pixels``,
+            ``max_bytes`` and ``clip``).
+        clip: the CLIP model for class names (see :class:`DemoState`).
         **launch_kwargs: passed on to ``gr.Blocks.launch``.
     Returns:
         the launched ``gr.Blocks`` (``.close()`` stops it; ``.local_url`` is its address).
     """
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    state = state or DemoState(max_pixels=max_pixels, max_bytes=max_bytes)
+    state = state or DemoState(max_pixels=max_pixels, max_bytes=max_bytes, clip=clip)
     demo = build_app(state, method=method, backbone=backbone)
     demo.queue(default_concurrency_limit=1)
     kwargs = {
