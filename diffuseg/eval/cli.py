@@ -1,7 +1,12 @@
 """``diffuseg eval``: evaluate a method on a dataset, and ``diffuseg eval compare``.
 
 Mounted by the main app with ``app.add_typer(eval_app, name="eval")``. Errors (missing dataset
-root, unknown settings, records of another run in --out) are one line on stderr and exit code 2.
+root, unknown settings, records of another run in --out, --open-vocab on a dataset without an
+open-vocabulary benchmark, missing CLIP weights) are one line on stderr and exit code 2.
+
+``--open-vocab`` adds DiffCut's open-vocabulary benchmark (VOC, Pascal Context-59, COCO-Object) to
+the same run: segments named by CLIP (``--clip``, default DiffCut's ConvNeXt-L), per-image
+Jaccard averaged over images (see diffuseg/eval/runner.py and openvocab.py).
 """
 
 from __future__ import annotations
@@ -51,6 +56,19 @@ def run(
     score_size: Annotated[int | None, typer.Option(help="override the scoring size")] = None,
     diffcut_compat: Annotated[bool, typer.Option(
         help="ADE20K: score as DiffCut's code (0 scored, 150 dropped)")] = False,
+    open_vocab: Annotated[bool, typer.Option(
+        "--open-vocab", help="also score DiffCut's open-vocabulary benchmark: segments named by "
+        "CLIP (voc, context-59, coco-object)")] = False,
+    clip: Annotated[str | None, typer.Option(
+        help="CLIP model for --open-vocab: a folder with open_clip_config.json and "
+             "open_clip_model.safetensors, a hub id, or name:tag (default DiffCut's "
+             "convnext_large_d_320:laion2b_s29b_b131k_ft_soup)")] = None,
+    vocabulary: Annotated[str, typer.Option(
+        help="class text for --open-vocab: diffcut (DiffCut's synonym lists) or names")
+    ] = "diffcut",
+    clip_normalize: Annotated[bool, typer.Option(
+        help="--open-vocab: standardise CLIP's input with its mean/std (DiffCut feeds [0, 1] "
+             "RGB, the default here)")] = False,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ...")] = None,
     dtype: Annotated[str | None, typer.Option(help="float32, bfloat16, float16")] = None,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
@@ -63,12 +81,17 @@ def run(
     if missing:
         _fail(f"missing {', '.join(missing)} (see diffuseg eval --help)")
     from diffuseg.cli import _parse_params
+    from diffuseg.eval.openvocab import open_vocab_prompts
     from diffuseg.eval.runner import EvalSettings, evaluate
     from diffuseg.methods import get_method
 
+    if clip is not None and not open_vocab:
+        _fail("--clip is used only with --open-vocab")
     try:
         spec = get_method(method)
         params = _parse_params(param, spec)
+        if open_vocab:
+            open_vocab_prompts(dataset, vocabulary)  # the dataset has the benchmark
     except (ValueError, typer.BadParameter) as exc:
         _fail(str(exc))
     settings = EvalSettings(
@@ -78,8 +101,9 @@ def run(
         num_clusters=num_clusters,
         dataset_kw={"diffcut_compat": True} if diffcut_compat else {},
         batch_size=batch_size, device=device, dtype=dtype,
+        open_vocab=open_vocab, clip=clip, vocabulary=vocabulary, clip_normalize=clip_normalize,
     )
-    from diffuseg.backbones.diffusion import WeightsNotFoundError
+    from diffuseg.backbones.registry import WeightsNotFoundError
 
     try:
         result = evaluate(settings, out, encodings=encodings, resume=resume, progress=progress)

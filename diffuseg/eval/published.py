@@ -7,6 +7,15 @@ Sources (transcribed in /work/shared/design/METHODS.md sections 2 and 3):
   (Table 1: SSD-1B with PAMR), its ablation without PAMR, and the SD 1.4 backbone row; 1024 input,
   scored at 128x128, per-image Hungarian with the many-to-one background rule on VOC, Context
   and COCO-Object.
+- DiffCut's open-vocabulary numbers (metric ``"miou_open_vocab"``, :data:`PUBLISHED_OPEN_VOCAB`):
+  its open-vocabulary comparison, SSD-1B with PAMR, segments named by CLIP ConvNeXt-L
+  (``convnext_large_d_320`` / ``laion2b_s29b_b131k_ft_soup``) mask classification; the metric is
+  per-image Jaccard averaged over images (``eval_diffcut_openvoc.py``; see eval/openvocab.py).
+  These three values (VOC 63.0, Context 24.6, COCO-Object 36.0) are not in METHODS.md: they
+  are quoted from the paper by the project's issue 7 ("Naming the segments"); the paper's table
+  itself could not be read here to check the setting (backbone, PAMR) they belong to.
+  DiffCut's script scores them at 1024x1024 with PAMR run at 1024 (15 iterations, dilations
+  1, 2, 4, 8, 12, 24, 32, 64); they are listed under the "diffcut" protocol.
 """
 
 from __future__ import annotations
@@ -21,8 +30,9 @@ class Published:
     """One published number.
 
     Attributes:
-        method, backbone (preset name), dataset (registry name), metric ("miou" or
-        "pixel_accuracy"), value (percent), refine (PAMR on), protocol, source (citation).
+        method, backbone (preset name), dataset (registry name), metric ("miou",
+        "pixel_accuracy" or "miou_open_vocab"), value (percent), refine (PAMR on), protocol,
+        source (citation).
     """
 
     method: str
@@ -42,6 +52,11 @@ _DIFFSEG = "Tian et al. CVPR 2024 (DiffSeg), Table 1"
 _DIFFCUT = "Couairon et al. NeurIPS 2024 (DiffCut), Table 1"
 _DIFFCUT_NOPAMR = "Couairon et al. NeurIPS 2024 (DiffCut), ablation without PAMR"
 _DIFFCUT_SD14 = "Couairon et al. NeurIPS 2024 (DiffCut), SD 1.4 backbone"
+_DIFFCUT_OV = ("Couairon et al. NeurIPS 2024 (DiffCut), open-vocabulary comparison (SSD-1B + PAMR, "
+               "CLIP ConvNeXt-L mask classification, per-image Jaccard)")
+
+#: The metric name of open-vocabulary mIoU (DiffCut's per-image Jaccard averaged over images).
+OPEN_VOCAB_METRIC = "miou_open_vocab"
 
 _DATASETS = ("voc", "context-59", "coco-object", "coco-stuff-27", "cityscapes-27", "ade20k-150")
 
@@ -61,6 +76,12 @@ PUBLISHED: tuple[Published, ...] = (
     *_diffcut_rows("sd14", True, (57.5, 52.8, 30.0, 45.2, 24.5, 36.7), _DIFFCUT_SD14),
 )
 
+#: Open-vocabulary mIoU (kept apart from :data:`PUBLISHED`, the unsupervised numbers).
+PUBLISHED_OPEN_VOCAB: tuple[Published, ...] = tuple(
+    Published("diffcut", "ssd-1b", d, OPEN_VOCAB_METRIC, v, True, "diffcut", _DIFFCUT_OV)
+    for d, v in (("voc", 63.0), ("context-59", 24.6), ("coco-object", 36.0))
+)
+
 
 def _preset_name(backbone: str | None) -> str | None:
     if backbone is None:
@@ -70,15 +91,17 @@ def _preset_name(backbone: str | None) -> str | None:
 
 
 def lookup(method: str, dataset: str, backbone: str | None, refine: bool | None = None,
-           protocol: str | None = None) -> list[Published]:
+           protocol: str | None = None, metric: str | None = None) -> list[Published]:
     """Published numbers for this method, dataset and backbone (preset names or aliases).
 
-    ``refine`` and ``protocol``, when given, must match too. Returns [] when none exist.
+    ``refine``, ``protocol`` and ``metric``, when given, must match too (without ``metric``:
+    every metric, the open-vocabulary one included). Returns [] when none exist.
     """
     name = _preset_name(backbone)
     return [
-        p for p in PUBLISHED
+        p for p in (*PUBLISHED, *PUBLISHED_OPEN_VOCAB)
         if p.method == method and p.dataset == dataset and p.backbone == name
         and (refine is None or p.refine == bool(refine))
         and (protocol is None or p.protocol == protocol)
+        and (metric is None or p.metric == metric)
     ]

@@ -12,6 +12,34 @@ Sharding: under ``torchrun --nproc_per_node N`` (env ``RANK`` / ``WORLD_SIZE``) 
 ``records.rank<r>.jsonl``, and the integer counts are all-reduced once at the end (gloo on CPU),
 so the result equals the single-process one exactly.
 
+Open vocabulary (``open_vocab=True``; VOC, Pascal Context-59 and COCO-Object only): DiffCut's
+second benchmark in the same run. Each image is segmented as usual (its Hungarian counts are
+recorded as always), then every segment is named by CLIP mask classification
+(``diffuseg.labels.clip``: dense features of the protocol's input image, masked average pooling
+over the segment at the score size, the image head, cosine against the text classifier of the
+dataset's classes, background included, argmax over every class) and the per-pixel class map is
+compared with the ground truth without any matching. The record of the image also holds that
+comparison's per-class TP / FP / FN and its Jaccard (mean IoU over the classes present in the
+ground truth or the prediction), so resume and sharding work unchanged; the result gains an
+``open_vocab`` block: ``miou_per_image`` (DiffCut's number: per-image Jaccard averaged over the
+images), ``miou_dataset`` (one confusion over all images) and the per-class IoU.
+
+What follows DiffCut's ``eval_diffcut_openvoc.py`` and what does not:
+- Same: the vocabulary (eval/openvocab.py, ``vocabulary="diffcut"``), CLIP ConvNeXt-L by
+  default, CLIP sees the DiffCut input image (1024) and COCO-Object images upsampled 2x
+  (2048), the argmax over all classes, the ground truth with void / unlabeled / stuff as
+  background and no pixel ignored (our loaders already map them so), the per-image Jaccard.
+- Different by default: segments and scoring at the protocol's score size (128x128 for the
+  diffcut protocol, so that both numbers come out of one run) where DiffCut's script predicts,
+  refines and scores at 1024x1024 with PAMR at 15 iterations, dilations 1, 2, 4, 8, 12, 24, 32,
+  64. To score as it does: ``score_size=1024`` and the method params
+  ``refine_iterations=15, refine_dilations=(1, 2, 4, 8, 12, 24, 32, 64)``. Its input crop is one
+  pixel smaller than the shorter side (``min(h, w) - 1``); ours is the full shorter side.
+  Same too: masks reach CLIP's grid with nearest-exact (``mask_pool``'s default; a segment
+  smaller than a cell takes the cells it overlaps where DiffCut pools nothing), and CLIP sees
+  [0, 1] RGB without its mean / std normalisation as in DiffCut's script (``clip_normalize``
+  turns that on).
+
 Outputs in ``out_dir``: ``run.json`` (the settings the records belong to), the records,
 ``method_config.json`` (the resolved method settings), ``results.json`` and ``results.md``.
 """
@@ -38,6 +66,7 @@ from diffuseg.eval.matching import (
     dataset_scores,
     image_scores,
 )
+from diffuseg.eval.openvocab import class_counts, class_iou, counts_jaccard, open_vocab_prompts
 from diffuseg.io import write_json
 
 
@@ -111,7 +140,16 @@ class EvalSettings:
         matching: "hungarian" (per image; many-to-one background on datasets with one) or
             "dataset" (one assignment over the accumulated histogram; needs ``num_clusters``).
         batch_size: images per backbone call.
-        device, dtype: where the backbone runs.
+        device, dtype: where the backbone (and the CLIP model of ``open_vocab``) runs.
+        open_vocab: also score DiffCut's open-vocabulary benchmark (voc, context-59,
+            coco-object): segments named by CLIP mask classification, per-image Jaccard.
+        clip: the CLIP model for ``open_vocab``: an open_clip ``name:tag``, hub id or folder
+            (``diffuseg.labels.clip_model.load_clip``); None: DiffCut's ConvNeXt-L.
+        vocabulary: the class text of ``open_vocab``: "diffcut" (DiffCut's synonym lists) or
+            "names" (bare class names); see eval/openvocab.py.
+        clip_normalize: standardise CLIP's input with its mean / std. Off by default because
+            DiffCut's script feeds CLIP [0, 1] RGB (``DataIterator`` divides by 255 and nothing
+            else), and that is what its published numbers were measured with.
     """
 
     dataset: str
@@ -129,11 +167,21 @@ class EvalSettings:
     batch_size: int = 4
     device: str | None = None
     dtype: str | None = None
+    open_vocab: bool = False
+    clip: str | None = None
+    vocabulary: str = "diffcut"
+    clip_normalize: bool = False
 
     def identity(self) -> dict[str, Any]:
-        """The settings that decide every per-image record (resume must not mix them)."""
+        """The settings that decide every per-image record (resume must not mix them).
+
+        The open-vocabulary keys are included when ``open_vocab`` is on, so that the records of
+        a run without it keep the identity they were written with.
+        """
         keys = ("dataset", "method", "backbone", "params", "protocol", "input_size",
                 "score_size", "matching", "num_clusters", "dataset_kw")
+        if self.open_vocab:
+            keys += ("open_vocab", "clip", "vocabulary", "clip_normalize")
         return json.loads(json.dumps({k: getattr(self, k) for k in keys}, default=str))
 
 
@@ -272,6 +320,7 @@ def evaluate(
     progress: bool = True,
     on_record: Callable[[int, dict], None] | None = None,
     dataset: SegDataset | None = None,
+    clip: Any = None,
 ) -> dict[str, Any]:
     """Evaluate ``settings`` and write the results to ``out_dir``.
 
@@ -284,20 +333,35 @@ def evaluate(
         progress: show a progress bar with the running mIoU (stderr).
         on_record: called as ``on_record(index, record)`` after each record is durably written.
         dataset: an already built dataset (default: ``get_dataset(settings.dataset, root)``).
+        clip: for ``settings.open_vocab``, an object with ``dense(image, size)``,
+            ``head(pooled)`` and ``encode_text(prompts)`` (the ``load_clip`` API) used instead
+            of loading ``settings.clip`` (tests inject one). Loaded only if an image remains.
     Returns:
         The result dict (also written as results.json / results.md by rank 0): ``miou`` and
         ``pixel_accuracy`` in [0, 1], ``per_class_iou``, ``counts``, ``num_images``, the
-        protocol and score resolution, the resolved config and the published numbers.
+        protocol and score resolution, the resolved config and the published numbers; with
+        ``open_vocab`` also an ``open_vocab`` block (see the module docstring).
+    Raises:
+        ValueError: bad settings (``open_vocab`` on another dataset, ...), records of another
+            run in ``out_dir``; ``WeightsNotFoundError`` (a ValueError) for missing weights.
     """
     import torch
 
     from diffuseg.segmenter import Segmenter
 
+    prompts: tuple[str, ...] = ()
+    if settings.open_vocab:
+        prompts = open_vocab_prompts(settings.dataset, settings.vocabulary)
+    elif settings.clip is not None or clip is not None:
+        raise ValueError("a CLIP model is used only by open-vocabulary evaluation (open_vocab)")
     rank, world = _dist_env()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ds = dataset if dataset is not None else get_dataset(settings.dataset, settings.root,
                                                          **settings.dataset_kw)
+    if settings.open_vocab and ds.num_classes != len(prompts):
+        raise ValueError(f"dataset {ds.name!r} has {ds.num_classes} classes but the "
+                         f"open-vocabulary classes of {settings.dataset!r} are {len(prompts)}")
     protocol = get_protocol(settings.protocol, settings.input_size, settings.score_size)
     if settings.matching not in ("hungarian", "dataset"):
         raise ValueError(f"matching must be 'hungarian' or 'dataset', got {settings.matching!r}")
@@ -331,9 +395,19 @@ def evaluate(
         if i < len(ids) and rec["id"] != ids[i]:
             raise ValueError(f"record {i} is for image {rec['id']!r} but the dataset has "
                              f"{ids[i]!r} there: another dataset or list; choose a new --out")
+    if settings.open_vocab:
+        bad = sorted(i for i, rec in records.items() if "ov" not in rec)
+        if bad:
+            raise ValueError(f"record {bad[0]} has no open-vocabulary counts (a run without "
+                             "open_vocab): choose a new --out")
     todo = [i for i in mine if i not in records]
 
     running = _accumulate([records[i] for i in mine if i in records], ds.num_classes, settings)
+    ov_running = [records[i]["ov"]["jaccard"] for i in mine if i in records
+                  ] if settings.open_vocab else []
+    namer = _ClipNamer(settings, prompts, ds, protocol, clip) if settings.open_vocab else None
+    if namer is not None and todo:
+        namer.load()  # before any image: missing weights fail at once
     bar = _progress(len(mine), len(mine) - len(todo), progress, rank, settings)
     writer = RecordWriter(own_path)
     needs = sorted(segmenter.spec.needs & {"features", "attention"})
@@ -352,15 +426,21 @@ def evaluate(
                 img, lab = preprocess(image, label, protocol)
                 samples.append((i, image_id, img, lab))
             encs = _encodings(segmenter, samples, needs, cache, protocol, settings.batch_size)
-            for (i, image_id, _img, lab), enc in zip(samples, encs, strict=True):
+            for (i, image_id, img, lab), enc in zip(samples, encs, strict=True):
                 seg = segmenter.segment(enc, output_size=(protocol.score_size,) * 2)
                 if rank == 0 and not method_config_path.is_file():
                     write_json(method_config_path, seg.config)
                 rec = _score(i, image_id, lab, seg.labels, ds, settings)
+                if namer is not None:
+                    rec["ov"] = namer.score(img, lab, seg.labels)
+                    ov_running.append(rec["ov"]["jaccard"])
                 writer.write(rec)
                 running.add(Scores.from_dict(rec))
                 bar.update(1)
-                bar.set_postfix(mIoU=f"{running.miou * 100:.1f}")
+                postfix = {"mIoU": f"{running.miou * 100:.1f}"}
+                if namer is not None:
+                    postfix["ov"] = f"{_mean_jaccard(ov_running) * 100:.1f}"
+                bar.set_postfix(postfix)
                 if on_record is not None:
                     on_record(i, rec)
     finally:
@@ -370,12 +450,14 @@ def evaluate(
     # this process's share, then one all-reduce of the integer counts
     records.update(read_records(own_path))
     share = [records[i] for i in mine]
-    totals = _totals(share, ds.num_classes, settings)
+    totals = _totals(share, ds.num_classes, settings, n)
     if world > 1:
         import torch.distributed as dist
 
+        # integer counts, and per-image values each held by one rank (zeros elsewhere): the
+        # sums are exact, so the result equals the single-process one bit for bit
         for key in list(totals):
-            t = torch.from_numpy(np.ascontiguousarray(totals[key], dtype=np.int64))
+            t = torch.from_numpy(np.ascontiguousarray(totals[key]))
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
             totals[key] = t.numpy()
         dist.barrier()
@@ -384,6 +466,8 @@ def evaluate(
     else:
         scores = Scores(totals["tp"], totals["fp"], totals["fn"])
     result = _result(settings, ds, protocol, scores, n, world, out_dir, segmenter)
+    if settings.open_vocab:
+        result["open_vocab"] = _open_vocab_result(settings, ds, totals, result, namer)
     if rank == 0:
         write_json(out_dir / "results.json", result)
         (out_dir / "results.md").write_text(results_markdown([result], config=True))
@@ -447,6 +531,83 @@ def _score(index: int, image_id: str, label: np.ndarray, pred: np.ndarray, ds: S
     return rec
 
 
+#: CLIP input size relative to the protocol's input: DiffCut upsamples COCO-Object images to
+#: 2048 before CLIP (``associate_label`` in ``eval_diffcut_openvoc.py``), the others stay at 1024.
+CLIP_UPSAMPLE: dict[str, int] = {"coco-object": 2}
+
+
+class _ClipNamer:
+    """Open-vocabulary scoring of one image: CLIP names the segments, the class map is compared
+    with the ground truth. The CLIP model and the text classifier are made once, on demand."""
+
+    def __init__(self, settings: EvalSettings, prompts: tuple[str, ...], ds: SegDataset,
+                 protocol: Protocol, clip: Any = None) -> None:
+        self.settings = settings
+        self.prompts = prompts
+        self.num_classes = ds.num_classes
+        self.ignore_index = ds.ignore_index
+        self.size = protocol.input_size * CLIP_UPSAMPLE.get(ds.name, 1)
+        self.clip = clip
+        self.injected = clip is not None
+        self.classifier = None
+        self._index: dict[str, int] = {}
+
+    @property
+    def name(self) -> str:
+        """The CLIP model's name as the results report it."""
+        if self.injected:
+            return str(getattr(self.clip, "name", None) or self.settings.clip
+                       or type(self.clip).__name__)
+        if self.settings.clip:
+            return self.settings.clip
+        from diffuseg.labels.clip_model import DEFAULT_CLIP
+
+        return DEFAULT_CLIP
+
+    def load(self) -> None:
+        """Load CLIP (unless injected) and build the text classifier."""
+        if self.classifier is not None:
+            return
+        if self.clip is None:
+            from diffuseg.labels.clip_model import load_clip
+
+            args = (self.settings.clip,) if self.settings.clip else ()
+            self.clip = load_clip(*args, device=self.settings.device, dtype=self.settings.dtype)
+        from diffuseg.labels.clip import build_text_classifier
+
+        self.classifier = build_text_classifier(self.clip.encode_text, self.prompts)
+        self._index = {name: k for k, name in enumerate(self.classifier.names)}
+
+    def score(self, image: np.ndarray, label: np.ndarray, seg_labels: np.ndarray) -> dict:
+        """The open-vocabulary part of one image's record.
+
+        Args:
+            image: (S, S, 3) uint8, the protocol's input image (CLIP resizes it to ``size``).
+            label: (s, s) ground-truth class ids at the score size (ignore value left out).
+            seg_labels: (s, s) segment labels 0..K-1 at the score size.
+        Returns:
+            {"tp", "fp", "fn": per-class counts (lists), "jaccard": the image's macro Jaccard
+            (None when no pixel is scored), "classes": the class id of each segment}.
+        """
+        from diffuseg.labels.clip import classify_segments
+
+        self.load()
+        features = self.clip.dense(image, self.size, normalize=self.settings.clip_normalize)
+        _, names, _ = classify_segments(features, seg_labels, self.classifier, self.clip.head,
+                                        merge=False)
+        classes = np.array([self._index[name] for name in names], dtype=np.int64)
+        pred = classes[np.asarray(seg_labels, dtype=np.int64)]
+        tp, fp, fn = class_counts(label, pred, self.num_classes, self.ignore_index)
+        jac = counts_jaccard(tp, fp, fn)
+        return {"tp": tp.tolist(), "fp": fp.tolist(), "fn": fn.tolist(),
+                "jaccard": None if np.isnan(jac) else jac, "classes": classes.tolist()}
+
+
+def _mean_jaccard(values: list[float | None]) -> float:
+    vals = [v for v in values if v is not None]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
 def _accumulate(records: list[dict], num_classes: int, settings: EvalSettings) -> Scores:
     total = Scores.zeros(num_classes)
     for rec in records:
@@ -454,14 +615,32 @@ def _accumulate(records: list[dict], num_classes: int, settings: EvalSettings) -
     return total
 
 
-def _totals(records: list[dict], num_classes: int, settings: EvalSettings) -> dict:
+def _totals(records: list[dict], num_classes: int, settings: EvalSettings, n: int) -> dict:
+    """This process's sums: int64 counts; for open vocabulary also the per-image Jaccard as a
+    float64 vector over the n dataset indices (0 where this process has no value) and an int64
+    mask of the indices that hold one."""
     s = _accumulate(records, num_classes, settings)
-    totals = {"tp": s.tp, "fp": s.fp, "fn": s.fn, "images": np.array([len(records)])}
+    totals = {"tp": s.tp, "fp": s.fp, "fn": s.fn,
+              "images": np.array([len(records)], dtype=np.int64)}
     if settings.matching == "dataset":
         hist = np.zeros((num_classes, int(settings.num_clusters)), dtype=np.int64)
         for rec in records:
             hist += np.asarray(rec["hist"], dtype=np.int64)
         totals["hist"] = hist
+    if settings.open_vocab:
+        for key in ("tp", "fp", "fn"):
+            totals[f"ov_{key}"] = np.zeros(num_classes, dtype=np.int64)
+        values = np.zeros(n, dtype=np.float64)
+        valid = np.zeros(n, dtype=np.int64)
+        for rec in records:
+            ov = rec["ov"]
+            for key in ("tp", "fp", "fn"):
+                totals[f"ov_{key}"] += np.asarray(ov[key], dtype=np.int64)
+            if ov["jaccard"] is not None:
+                values[int(rec["i"])] = float(ov["jaccard"])
+                valid[int(rec["i"])] = 1
+        totals["ov_image_jaccard"] = values
+        totals["ov_image_valid"] = valid
     return totals
 
 
@@ -471,8 +650,9 @@ def _result(settings: EvalSettings, ds: SegDataset, protocol: Protocol, scores: 
     method_config = json.loads(cfg_path.read_text()) if cfg_path.is_file() else None
     refine = (method_config or {}).get("refine")
     backbone = segmenter.backbone_name if segmenter.spec.needs_backbone else None
-    pubs = published.lookup(settings.method, ds.name, backbone, refine=refine,
-                            protocol=protocol.name)
+    pubs = [p for p in published.lookup(settings.method, ds.name, backbone, refine=refine,
+                                        protocol=protocol.name)
+            if p.metric != published.OPEN_VOCAB_METRIC]
     matching = settings.matching
     if matching == "hungarian" and ds.has_background:
         matching = "hungarian+background"
@@ -497,6 +677,34 @@ def _result(settings: EvalSettings, ds: SegDataset, protocol: Protocol, scores: 
     }
 
 
+def _open_vocab_result(settings: EvalSettings, ds: SegDataset, totals: dict, result: dict,
+                       namer: _ClipNamer) -> dict[str, Any]:
+    """The ``open_vocab`` block of the results from the (all-reduced) totals."""
+    tp, fp, fn = (totals[f"ov_{k}"] for k in ("tp", "fp", "fn"))
+    valid = totals["ov_image_valid"].astype(bool)
+    per_image = totals["ov_image_jaccard"][valid]  # index order, whatever the sharding
+    iou = class_iou(tp, fp, fn)
+    method_config = result.get("method_config") or {}
+    pubs = published.lookup(settings.method, ds.name, result["backbone"],
+                            refine=method_config.get("refine"), protocol=result["protocol"],
+                            metric=published.OPEN_VOCAB_METRIC)
+    return {
+        "miou_per_image": float(per_image.mean()) if per_image.size else float("nan"),
+        "miou_dataset": counts_jaccard(tp, fp, fn),
+        "per_class_iou": {name: (None if np.isnan(v) else float(v))
+                          for name, v in zip(ds.class_names, iou, strict=True)},
+        "num_images_scored": int(valid.sum()),
+        "counts": {"tp": tp.tolist(), "fp": fp.tolist(), "fn": fn.tolist()},
+        "clip": namer.name,
+        "clip_input_size": [namer.size] * 2,
+        "vocabulary": settings.vocabulary,
+        "clip_normalize": settings.clip_normalize,
+        "num_classes": ds.num_classes,
+        "ground_truth": "void, unlabeled (and COCO stuff) are background; no pixel ignored",
+        "published": [p.to_dict() for p in pubs],
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # reports
 # ---------------------------------------------------------------------------------------------
@@ -505,25 +713,47 @@ def _pct(x: float | None) -> str:
 
 
 def results_markdown(results: list[dict], config: bool = False) -> str:
-    """One markdown table of results (mIoU / pixel accuracy in percent, published beside)."""
+    """One markdown table of results (mIoU / pixel accuracy in percent, published beside).
+
+    When any result has an ``open_vocab`` block, three columns follow: its per-image mIoU
+    (DiffCut's number), its dataset mIoU and the published open-vocabulary mIoU.
+    """
+    open_vocab = any(r.get("open_vocab") for r in results)
     head = ("| dataset | method | backbone | protocol | scored at | images | matching | mIoU "
             "| pixel acc. | published mIoU | published pixel acc. |")
-    lines = [head, "|" + "---|" * 11]
+    ncol = 11
+    if open_vocab:
+        head += " open-vocab mIoU | open-vocab mIoU (dataset) | published open-vocab mIoU |"
+        ncol += 3
+    lines = [head, "|" + "---|" * ncol]
     for r in results:
         pubs = r.get("published") or []
         pm = [p for p in pubs if p["metric"] == "miou"]
         pa = [p for p in pubs if p["metric"] == "pixel_accuracy"]
         res = "x".join(str(v) for v in r["score_resolution"])
-        lines.append(
+        row = (
             f"| {r['dataset']} | {r['method']} | {r['backbone'] or '–'} | {r['protocol']} | "
             f"{res} | {r['num_images']} | {r['matching']} | {_pct(r['miou'])} | "
             f"{_pct(r['pixel_accuracy'])} | {pm[0]['value'] if pm else '–'} | "
             f"{pa[0]['value'] if pa else '–'} |"
         )
+        if open_vocab:
+            ov = r.get("open_vocab") or {}
+            po = ov.get("published") or []
+            row += (f" {_pct(ov.get('miou_per_image'))} | {_pct(ov.get('miou_dataset'))} | "
+                    f"{po[0]['value'] if po else '–'} |")
+        lines.append(row)
     text = "\n".join(lines) + "\n"
     if config:
         for r in results:
-            sources = sorted({p["source"] for p in r.get("published") or []})
+            ov = r.get("open_vocab")
+            if ov:
+                text += (f"\nOpen vocabulary: CLIP {ov['clip']} at "
+                         f"{'x'.join(str(v) for v in ov['clip_input_size'])}, vocabulary "
+                         f"{ov['vocabulary']!r}, {ov['num_classes']} classes, "
+                         f"{ov['num_images_scored']} images scored.\n")
+            pubs = [*(r.get("published") or []), *((ov or {}).get("published") or [])]
+            sources = sorted({p["source"] for p in pubs})
             text += "\nPublished: " + ("; ".join(sources) if sources else "none for this setting")
             text += "\n\nResolved config:\n\n```json\n"
             text += json.dumps({"settings": r["settings"], "method_config": r["method_config"]},

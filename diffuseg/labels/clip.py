@@ -3,9 +3,8 @@
 Given a segmentation and class names:
 
 1. :func:`mask_pool`: masked average pooling of a CLIP image encoder's dense features (before its
-   head) over each segment. Each segment's mask is resized bilinearly to the feature grid and
-   every cell it touches (value > 0) counts, with equal weight (FC-CLIP's ``MaskPooling``, which
-   DiffCut uses).
+   head) over each segment, its mask resized to the feature grid with ``nearest-exact`` as in
+   DiffCut's ``MaskPooling`` (a segment smaller than a cell falls back to the cells it touches).
 2. ``head``: the encoder's head and projection applied to the pooled features (an injected
    callable; for open_clip ConvNeXt: ``visual.trunk.head`` then ``visual.head``).
 3. :func:`build_text_classifier`: one text embedding per class (per synonym: "person, people"),
@@ -56,16 +55,26 @@ def _labels_tensor(labels: Any) -> torch.Tensor:
     return lab
 
 
-def mask_pool(features: torch.Tensor, labels: Any) -> torch.Tensor:
+def _nearest_index(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:
+    """torch's ``nearest-exact`` source index for each output index: floor((j + 0.5) * in/out)."""
+    idx = ((torch.arange(n_out, device=device, dtype=torch.float64) + 0.5) * (n_in / n_out))
+    return idx.floor().long().clamp_(max=n_in - 1)
+
+
+def mask_pool(features: torch.Tensor, labels: Any, mode: str = "nearest") -> torch.Tensor:
     """Masked average pooling of dense features over each segment.
 
     Args:
         features: (C, h, w) or (1, C, h, w) float dense features.
         labels: (H, W) int labels 0..K-1, any size (typically the image's).
+        mode: how a segment's mask reaches the (h, w) grid. "nearest" (DiffCut's MaskPooling):
+            resized with ``nearest-exact``, so a cell belongs to the segment at its centre; a
+            segment that covers no cell centre (smaller than a cell) falls back to "touch"
+            instead of pooling nothing. "touch": every cell whose pixels the segment overlaps
+            counts (adaptive average pooling > 0), so cells are shared at boundaries.
     Returns:
-        float32 (K, C) on the features' device: row k is the mean feature over the grid cells
-        touched by segment k (its binary mask resized bilinearly to (h, w), value > 0). A
-        segment that touches no cell (only possible when absent) gets a zero row.
+        float32 (K, C) on the features' device: row k is the mean feature over segment k's
+        cells. A label absent from the map gets a zero row.
     """
     if features.ndim == 4:
         if features.shape[0] != 1:
@@ -73,15 +82,25 @@ def mask_pool(features: torch.Tensor, labels: Any) -> torch.Tensor:
         features = features[0]
     if features.ndim != 3:
         raise ValueError(f"features must be (C, h, w), got {tuple(features.shape)}")
+    if mode not in ("nearest", "touch"):
+        raise ValueError(f"mode must be 'nearest' or 'touch', got {mode!r}")
     lab = _labels_tensor(labels).to(features.device)
     k = int(lab.max()) + 1
     c, h, w = features.shape
-    masks = F.one_hot(lab, k).permute(2, 0, 1).to(torch.float32)  # (K, H, W)
-    if tuple(masks.shape[1:]) != (h, w):
-        masks = F.interpolate(masks[None], size=(h, w), mode="bilinear", align_corners=False)[0]
-    masks = (masks > 0).to(torch.float32).reshape(k, h * w)
-    denom = masks.sum(1, keepdim=True).clamp_min(1.0)
-    return (masks / denom) @ features.to(torch.float32).reshape(c, h * w).t()
+    flat = features.to(torch.float32).reshape(c, h * w).t()  # (h*w, C)
+    masks = torch.zeros(k, h * w, device=features.device)
+    if mode == "nearest":
+        rows = _nearest_index(lab.shape[0], h, lab.device)
+        cols = _nearest_index(lab.shape[1], w, lab.device)
+        centre = lab[rows][:, cols].reshape(-1)  # the label at each cell's centre
+        masks[centre, torch.arange(h * w, device=lab.device)] = 1.0
+    missing = masks.sum(1) == 0
+    if bool(missing.any()):
+        touched = F.one_hot(lab, k).permute(2, 0, 1).to(torch.float32)[missing]  # (M, H, W)
+        if tuple(touched.shape[1:]) != (h, w):  # share of each cell's pixel bin covered
+            touched = F.adaptive_avg_pool2d(touched[None], (h, w))[0]
+        masks[missing] = (touched > 0).to(torch.float32).reshape(-1, h * w)
+    return (masks / masks.sum(1, keepdim=True).clamp_min(1.0)) @ flat
 
 
 @dataclass

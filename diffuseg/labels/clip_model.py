@@ -345,9 +345,11 @@ class ClipModel(nn.Module):
         return self.positional_embedding.dtype
 
     # image --------------------------------------------------------------------------------
-    def preprocess(self, image: np.ndarray, size: int | tuple[int, int]) -> torch.Tensor:
-        """(H, W, 3) uint8 -> (1, 3, h, w) normalised input resized bilinearly (antialiased
-        when shrinking, as PIL) to ``size`` (an int: a square)."""
+    def preprocess(self, image: np.ndarray, size: int | tuple[int, int],
+                   normalize: bool = True) -> torch.Tensor:
+        """(H, W, 3) uint8 -> (1, 3, h, w) input resized bilinearly (antialiased when shrinking,
+        as PIL) to ``size`` (an int: a square), in [0, 1] and, if ``normalize``, standardised
+        with CLIP's mean and std (DiffCut's evaluation script skips that step)."""
         arr = np.asarray(image)
         if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
             raise ValueError(f"image must be (H, W, 3) uint8, got {arr.shape} {arr.dtype}")
@@ -359,6 +361,8 @@ class ClipModel(nn.Module):
             shrink = h < arr.shape[0] or w < arr.shape[1]
             x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False,
                               antialias=shrink).clamp_(0, 1)
+        if not normalize:
+            return x
         mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
         return (x - mean) / std
@@ -370,13 +374,17 @@ class ClipModel(nn.Module):
         trunk = self.visual.trunk
         return trunk.stages(trunk.stem(x.to(self.device, self.dtype)))
 
-    def dense(self, image: np.ndarray, size: int | tuple[int, int] = 1024) -> torch.Tensor:
+    def dense(self, image: np.ndarray, size: int | tuple[int, int] = 1024,
+              normalize: bool = True) -> torch.Tensor:
         """Dense features of one (H, W, 3) uint8 image resized to ``size``.
 
+        Args:
+            normalize: standardise with CLIP's mean / std (False: [0, 1] RGB, as DiffCut's
+                open-vocabulary script feeds it).
         Returns:
             float32 (C, h/32, w/32) on the CPU (C = 1536 for ConvNeXt-L).
         """
-        return self.dense_input(self.preprocess(image, size))[0].float().cpu()
+        return self.dense_input(self.preprocess(image, size, normalize))[0].float().cpu()
 
     @torch.inference_mode()
     def head(self, pooled: torch.Tensor) -> torch.Tensor:

@@ -59,15 +59,47 @@ def test_mask_pool_known_means():
     feats = torch.arange(2 * 4 * 4, dtype=torch.float32).reshape(2, 4, 4)
     labels = np.zeros((4, 4), dtype=int)
     labels[:, 2:] = 1
-    pooled = mask_pool(feats, labels)
+    for mode in ("nearest", "touch"):
+        pooled = mask_pool(feats, labels, mode=mode)
+        torch.testing.assert_close(pooled[0], feats[:, :, :2].reshape(2, -1).mean(1))
+        torch.testing.assert_close(pooled[1], feats[:, :, 2:].reshape(2, -1).mean(1))
+    # labels finer than the features: column 5 of 8 lies in feature column 2
+    fine = np.zeros((8, 8), dtype=int)
+    fine[:, 5:] = 1
+    # nearest (DiffCut): a cell belongs to the label at its centre (pixel columns 1, 3, 5, 7)
+    pooled = mask_pool(feats[None], fine)
     torch.testing.assert_close(pooled[0], feats[:, :, :2].reshape(2, -1).mean(1))
     torch.testing.assert_close(pooled[1], feats[:, :, 2:].reshape(2, -1).mean(1))
-    # labels finer than the features: a cell counts for every segment touching it
-    fine = np.zeros((8, 8), dtype=int)
-    fine[:, 5:] = 1  # column 5 of 8 lies in feature column 2, which segment 0 touches too
-    pooled = mask_pool(feats[None], fine)
+    # touch (FC-CLIP): a cell counts for every segment touching it
+    pooled = mask_pool(feats[None], fine, mode="touch")
     torch.testing.assert_close(pooled[0], feats[:, :, :3].reshape(2, -1).mean(1))
     torch.testing.assert_close(pooled[1], feats[:, :, 2:].reshape(2, -1).mean(1))
+    with pytest.raises(ValueError, match="mode"):
+        mask_pool(feats, labels, mode="bilinear")
+
+
+@pytest.mark.parametrize("shape", [(37, 53), (128, 128), (9, 200)])
+def test_nearest_mask_pool_equals_diffcuts_interpolation(shape):
+    """Parity with DiffCut's MaskPooling: masks resized with F.interpolate(nearest-exact), > 0,
+    mean over the cells; and a segment smaller than a cell still gets the cells it touches."""
+    rng = np.random.default_rng(0)
+    feats = torch.from_numpy(rng.normal(size=(5, 6, 7))).float()
+    labels = rng.integers(0, 4, size=shape)
+    labels[:3, :3] = 4  # a speck: covers no cell centre on a 6 x 7 grid
+    masks = torch.nn.functional.one_hot(torch.from_numpy(labels), 5).permute(2, 0, 1).float()
+    ref = torch.nn.functional.interpolate(masks[None], size=(6, 7), mode="nearest-exact")[0]
+    ref = (ref > 0).float()
+    want = torch.einsum("chw,khw->kc", feats, ref / (ref.sum((1, 2), keepdim=True) + 1e-8))
+    got = mask_pool(feats, labels)
+    covered = ref.sum((1, 2)) > 0
+    torch.testing.assert_close(got[covered], want[covered])
+    assert not covered[4]
+    # the speck falls back to the cells whose pixel bins it overlaps (rows 0-2, columns 0-2)
+    H, W = shape
+    cells = [(i, j) for i in range(6) for j in range(7)
+             if i * H // 6 < 3 and j * W // 7 < 3]  # bin start inside the speck
+    want4 = torch.stack([feats[:, i, j] for i, j in cells]).mean(0)
+    torch.testing.assert_close(got[4], want4)
 
 
 def _planted_scene(seed=0, noise=0.3):
