@@ -95,13 +95,18 @@ def describe_missing(exc: BaseException) -> str:
     return f"{name}: {text}" if text else name
 
 
-def weights_help(repo_id: str | None) -> str:
-    """One sentence (no newline) on how to provide weights for ``repo_id``."""
+DIFFUSERS_FOLDER = "--model PATH (a local diffusers folder written by save_pretrained)"
+
+
+def weights_help(repo_id: str | None, local: str = DIFFUSERS_FOLDER) -> str:
+    """One sentence (no newline) on how to provide weights for ``repo_id``.
+
+    Args:
+        repo_id: the hub repository (None: "REPO").
+        local: how to name a local copy, e.g. the option and the folder layout it wants.
+    """
     repo = repo_id or "REPO"
-    text = (
-        "Provide the weights with --model PATH (a local diffusers folder written by "
-        f"save_pretrained), or download them once with `hf download {repo}`"
-    )
+    text = f"Provide the weights with {local}, or download them once with `hf download {repo}`"
     if hub_offline():
         return text + " (HF_HUB_OFFLINE is set: only the local Hugging Face cache is searched)."
     return text + " and set HF_HUB_OFFLINE=1 to use the cache without network."
@@ -239,7 +244,7 @@ def get_preset(name: str) -> BackbonePreset | None:
     return None
 
 
-def _looks_like_path(name: str) -> bool:
+def looks_like_path(name: str) -> bool:
     """A path rather than a hub id ``owner/name``."""
     return (
         name.startswith((".", "/", "~"))
@@ -358,7 +363,7 @@ def resolve_backbone(name_or_path: str | os.PathLike | BackbonePreset) -> Backbo
     preset = get_preset(name)
     if preset is not None:
         return preset
-    if os.path.isdir(os.path.expanduser(name)) or _looks_like_path(name):
+    if os.path.isdir(os.path.expanduser(name)) or looks_like_path(name):
         return _preset_from_folder(Path(name))
     if name.count("/") == 1 and all(name.split("/")):
         return _preset_from_hub(name)

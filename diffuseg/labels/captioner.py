@@ -43,7 +43,8 @@ from diffuseg.backbones.registry import (
     WeightsNotFoundError,
     describe_missing,
     hub_kwargs,
-    hub_offline,
+    looks_like_path,
+    weights_help,
 )
 
 __all__ = ["DEFAULT_CAPTIONER", "HUB_PATTERNS", "Captioner", "load_captioner"]
@@ -234,23 +235,8 @@ class Captioner:
 # ---------------------------------------------------------------------------------------------
 def _help(repo_id: str | None) -> str:
     """One sentence (no newline) on how to provide a captioner's weights."""
-    text = "Pass a local BLIP folder written by save_pretrained (safetensors weights)"
-    if repo_id is None:
-        return text + "."
-    text += f", or download the model once with `hf download {repo_id}`"
-    if hub_offline():
-        return text + " (HF_HUB_OFFLINE is set: only the local Hugging Face cache is searched)."
-    return text + " and set HF_HUB_OFFLINE=1 to use the cache without network."
-
-
-def _looks_like_path(name: str) -> bool:
-    return (
-        name.startswith((".", "/", "~"))
-        or "\\" in name
-        or name.count("/") > 1
-        or (len(name) > 1 and name[1] == ":")  # Windows drive
-        or os.path.exists(name)
-    )
+    local = "a local BLIP folder written by save_pretrained (safetensors weights)"
+    return f"Pass {local}." if repo_id is None else weights_help(repo_id, local)
 
 
 def _captioner_folder(name: str) -> tuple[Path, str | None]:
@@ -258,7 +244,7 @@ def _captioner_folder(name: str) -> tuple[Path, str | None]:
     path = Path(name).expanduser()
     if path.is_dir():
         return path.resolve(), None
-    if _looks_like_path(name):
+    if looks_like_path(name):
         raise WeightsNotFoundError(f"no captioning model folder at {path}. {_help(None)}")
     kwargs = hub_kwargs(False, name)
     try:

@@ -456,6 +456,7 @@ def _resolve(name_or_path: str) -> tuple[Path, str | None]:
         WeightsNotFoundError,
         describe_missing,
         hub_kwargs,
+        looks_like_path,
         weights_help,
     )
 
@@ -463,7 +464,7 @@ def _resolve(name_or_path: str) -> tuple[Path, str | None]:
     path = Path(text).expanduser()
     if path.is_dir():
         return path, None
-    if path.suffix or text.startswith((".", "/", "~")):
+    if looks_like_path(text):
         raise WeightsNotFoundError(f"CLIP model folder {text} does not exist")
     model_name = None
     if text in KNOWN_PRETRAINED:
@@ -485,9 +486,7 @@ def _resolve(name_or_path: str) -> tuple[Path, str | None]:
     except Exception as exc:  # offline cache miss, network, missing repo, bad id
         raise WeightsNotFoundError(
             f"cannot get the CLIP weights {text!r} ({repo}): {describe_missing(exc)}. "
-            + weights_help(repo).replace("--model PATH (a local diffusers folder written by "
-                                         "save_pretrained)", f"--clip PATH (a folder with "
-                                         f"{CONFIG_NAME} and {WEIGHTS_NAME})")
+            + weights_help(repo, f"--clip PATH (a folder with {CONFIG_NAME} and {WEIGHTS_NAME})")
         ) from None
     return Path(folder), model_name
 
