@@ -69,6 +69,9 @@ def run(
     clip_normalize: Annotated[bool, typer.Option(
         help="--open-vocab: standardise CLIP's input with its mean/std (DiffCut feeds [0, 1] "
              "RGB, the default here)")] = False,
+    attention_timesteps: Annotated[str | None, typer.Option(
+        help="timestep(s) of the self-attention pass, comma-separated to average several "
+             "(default 300)")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ...")] = None,
     dtype: Annotated[str | None, typer.Option(help="float32, bfloat16, float16")] = None,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
@@ -90,6 +93,10 @@ def run(
     try:
         spec = get_method(method)
         params = _parse_params(param, spec)
+        timesteps = None
+        if attention_timesteps:
+            timesteps = [int(t) for t in attention_timesteps.split(",") if t.strip()]
+            timesteps = timesteps[0] if len(timesteps) == 1 else timesteps
         if open_vocab:
             open_vocab_prompts(dataset, vocabulary)  # the dataset has the benchmark
     except (ValueError, typer.BadParameter) as exc:
@@ -102,6 +109,7 @@ def run(
         dataset_kw={"diffcut_compat": True} if diffcut_compat else {},
         batch_size=batch_size, device=device, dtype=dtype,
         open_vocab=open_vocab, clip=clip, vocabulary=vocabulary, clip_normalize=clip_normalize,
+        attention_timestep=timesteps,
     )
     from diffuseg.backbones.registry import WeightsNotFoundError
 

@@ -147,6 +147,8 @@ class EvalSettings:
             (``diffuseg.labels.clip_model.load_clip``); None: DiffCut's ConvNeXt-L.
         vocabulary: the class text of ``open_vocab``: "diffcut" (DiffCut's synonym lists) or
             "names" (bare class names); see eval/openvocab.py.
+        attention_timestep: timestep(s) of the self-attention pass (None: 300; a list averages
+            several, DWC's option).
         clip_normalize: standardise CLIP's input with its mean / std. Off by default because
             DiffCut's script feeds CLIP [0, 1] RGB (``DataIterator`` divides by 255 and nothing
             else), and that is what its published numbers were measured with.
@@ -171,6 +173,7 @@ class EvalSettings:
     clip: str | None = None
     vocabulary: str = "diffcut"
     clip_normalize: bool = False
+    attention_timestep: int | list[int] | None = None
 
     def identity(self) -> dict[str, Any]:
         """The settings that decide every per-image record (resume must not mix them).
@@ -182,6 +185,8 @@ class EvalSettings:
                 "score_size", "matching", "num_clusters", "dataset_kw")
         if self.open_vocab:
             keys += ("open_vocab", "clip", "vocabulary", "clip_normalize")
+        if self.attention_timestep is not None:
+            keys += ("attention_timestep",)
         return json.loads(json.dumps({k: getattr(self, k) for k in keys}, default=str))
 
 
@@ -369,6 +374,7 @@ def evaluate(
         raise ValueError("dataset-level matching needs num_clusters (a fixed number of clusters "
                          "whose ids mean the same in every image)")
     segmenter = Segmenter(settings.method, settings.backbone, device=settings.device,
+                          attention_timestep=settings.attention_timestep,
                           dtype=settings.dtype, **settings.params)
 
     pg_owned = False
@@ -425,7 +431,7 @@ def evaluate(
                 image_id, image, label = ds[i]
                 img, lab = preprocess(image, label, protocol)
                 samples.append((i, image_id, img, lab))
-            encs = _encodings(segmenter, samples, needs, cache, protocol, settings.batch_size)
+            encs = _encodings(segmenter, samples, needs, cache, protocol, settings)
             for (i, image_id, img, lab), enc in zip(samples, encs, strict=True):
                 seg = segmenter.segment(enc, output_size=(protocol.score_size,) * 2)
                 if rank == 0 and not method_config_path.is_file():
@@ -485,8 +491,36 @@ def _progress(total: int, initial: int, enabled: bool, rank: int, settings: Eval
     return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, leave=False)
 
 
+def _encoding_meta(segmenter, settings: EvalSettings, needs: list[str]) -> dict[str, Any]:
+    """What decides an Encoding besides the image, as its ``meta`` records it: a cached Encoding
+    is reused only if all of it matches (another dtype, seed or timestep is encoded again)."""
+    import torch
+
+    from diffuseg.backbones.diffusion import ATTENTION_TIMESTEP, _as_dtype, default_device
+    from diffuseg.backbones.registry import DIFFCUT_TIMESTEP, get_preset
+
+    device = torch.device(settings.device) if settings.device else default_device()
+    meta: dict[str, Any] = {
+        "seed": ENCODING_SEED,
+        "dtype": str(_as_dtype(settings.dtype, device)).replace("torch.", ""),
+    }
+    if "features" in needs:
+        # a preset's own timestep; a model folder gets DiffCut's (read without the folder, which
+        # a fully cached run may no longer have)
+        preset = get_preset(str(segmenter.backbone_name))
+        meta["timestep"] = preset.timestep if preset is not None else DIFFCUT_TIMESTEP
+    if "attention" in needs:
+        t = settings.attention_timestep
+        meta["attention_timestep"] = ATTENTION_TIMESTEP if t is None else t
+    return meta
+
+
+#: The noise seed of every evaluation encoding (the backbone's default).
+ENCODING_SEED = 42
+
+
 def _encodings(segmenter, samples, needs, cache: Path | None, protocol: Protocol,
-               batch_size: int) -> list:
+               settings: EvalSettings) -> list:
     """One Encoding per sample: from the cache, or encoded in one batched backbone call."""
     from diffuseg.types import Encoding
 
@@ -494,6 +528,8 @@ def _encodings(segmenter, samples, needs, cache: Path | None, protocol: Protocol
     if not needs:  # no backbone: the method reads the image only
         return [Encoding(image=img, meta={"original_size": [size, size]})
                 for _, _, img, _ in samples]
+    expected = _encoding_meta(segmenter, settings, needs)
+    expected["image_size"] = [size, size]
     out: list = [None] * len(samples)
     missing = []
     for k, (_, image_id, _, _) in enumerate(samples):
@@ -501,16 +537,20 @@ def _encodings(segmenter, samples, needs, cache: Path | None, protocol: Protocol
         if path is not None and path.is_file():
             try:
                 enc = Encoding.load(path)
-                if list(enc.meta.get("image_size", [])) == [size, size]:
+                if all(enc.meta.get(key) == value for key, value in expected.items()):
                     out[k] = enc
                     continue
             except ValueError:
                 pass  # damaged: recompute
         missing.append(k)
     if missing:
+        extra = {"attention_timestep": expected["attention_timestep"]} if "attention" in needs \
+            else {}
         encoded = segmenter.backbone.encode(
             [samples[k][2] for k in missing], features="features" in needs,
-            attention="attention" in needs, size=size, square=True, batch_size=batch_size)
+            attention="attention" in needs, size=size, square=True,
+            batch_size=settings.batch_size, seed=ENCODING_SEED,
+            timestep=expected.get("timestep"), **extra)
         for k, enc in zip(missing, encoded, strict=True):
             out[k] = enc
             if cache is not None:

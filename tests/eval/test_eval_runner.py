@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from eval_fakes import band_dataset, make_voc
 from typer.testing import CliRunner
 
@@ -216,3 +217,51 @@ def test_attention_methods_through_the_runner(coco, tmp_path, method):
     assert result["num_images"] == 2 and result["method"] == method
     assert 0.0 <= result["miou"] <= 1.0
     assert (tmp_path / "out" / "results.md").is_file()
+
+
+def test_cached_encodings_are_reused_only_for_the_same_encoding_settings(coco, tmp_path):
+    """The cache is keyed by image, backbone and size; its Encodings' meta must also match the
+    run's seed, dtype and timesteps, or they are encoded again (and the cache updated)."""
+    from diffuseg.types import Encoding
+
+    from tiny_models import make_tiny_pipeline
+
+    model = make_tiny_pipeline(tmp_path / "tiny", family="sd1")
+    cache = tmp_path / "enc"
+    base = dict(method="diffseg", backbone=str(model), params={}, limit=2, protocol="diffseg",
+                input_size=128, device="cpu", dtype="float32")
+
+    def run(out, **kw):
+        return evaluate(settings(coco, **{**base, **kw}), tmp_path / out, progress=False,
+                        encodings=cache)
+
+    def cached_meta():
+        return [Encoding.load(p).meta for p in sorted(cache.rglob("*.safetensors"))]
+
+    def first_maps():
+        enc = Encoding.load(sorted(cache.rglob("*.safetensors"))[0])
+        return {k: v.clone() for k, v in enc.attention.items()}
+
+    first = run("a")
+    assert [m["attention_timestep"] for m in cached_meta()] == [300, 300]
+    maps_300 = first_maps()
+    again = run("b")
+    assert again["counts"] == first["counts"]
+    multi = run("c", attention_timestep=[100, 300])
+    assert [m["attention_timestep"] for m in cached_meta()] == [[100, 300]] * 2
+    assert any(not torch.equal(maps_300[k], v) for k, v in first_maps().items())
+    assert json.loads((tmp_path / "c" / "run.json").read_text())["attention_timestep"] == [100,
+                                                                                          300]
+    back = run("d")  # the cache held other timesteps: encoded again, same numbers as the first
+    assert back["counts"] == first["counts"]
+    assert [m["attention_timestep"] for m in cached_meta()] == [300, 300]
+    assert all(torch.equal(maps_300[k], v) for k, v in first_maps().items())
+    assert multi["num_images"] == 2
+    # an Encoding made with another seed or dtype is not reused either
+    for key, value in (("seed", 7), ("dtype", "bfloat16")):
+        path = sorted(cache.rglob("*.safetensors"))[0]
+        enc = Encoding.load(path)
+        enc.meta[key] = value
+        enc.save(path)
+        run(f"e-{key}")
+        assert cached_meta()[0][key] == {"seed": 42, "dtype": "float32"}[key]
