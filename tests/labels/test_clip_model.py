@@ -150,3 +150,23 @@ def test_config_checks(tmp_path):
     cfg_file.write_text(json.dumps(wrong))
     with pytest.raises(ValueError, match="does not match the config"):
         load_clip(folder)
+
+
+def test_hub_id_from_the_offline_cache(tmp_path, monkeypatch, one_thread):
+    """A hub id resolves through the Hugging Face cache (laid out as huggingface_hub writes it:
+    refs/main -> snapshots/<commit>/), offline, to the same model as the folder."""
+    import shutil
+
+    folder = make_tiny_clip(tmp_path / "clip")
+    repo = tmp_path / "hf" / "hub" / "models--someone--tiny-clip"
+    commit = "1" * 40
+    shutil.copytree(folder, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    for name in ("someone/tiny-clip", "hf-hub:someone/tiny-clip"):
+        model = load_clip(name, device="cpu")
+        torch.testing.assert_close(model.encode_text(["a cat"]),
+                                   load_clip(folder).encode_text(["a cat"]))
