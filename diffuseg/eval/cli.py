@@ -69,6 +69,10 @@ def run(
     clip_normalize: Annotated[bool, typer.Option(
         help="--open-vocab: standardise CLIP's input with its mean/std (DiffCut feeds [0, 1] "
              "RGB, the default here)")] = False,
+    preprocessing: Annotated[str, typer.Option(
+        help="standard (centre crop of the shorter side, bilinear) or diffcut-code (DiffCut's "
+             "min(h,w)-1 crop and non-antialiased resize, to reproduce its numbers exactly)")
+    ] = "standard",
     attention_timesteps: Annotated[str | None, typer.Option(
         help="timestep(s) of the self-attention pass, comma-separated to average several "
              "(default 300)")] = None,
@@ -109,7 +113,7 @@ def run(
         dataset_kw={"diffcut_compat": True} if diffcut_compat else {},
         batch_size=batch_size, device=device, dtype=dtype,
         open_vocab=open_vocab, clip=clip, vocabulary=vocabulary, clip_normalize=clip_normalize,
-        attention_timestep=timesteps,
+        attention_timestep=timesteps, preprocessing=preprocessing,
     )
     from diffuseg.backbones.registry import WeightsNotFoundError
 

@@ -34,7 +34,8 @@ What follows DiffCut's ``eval_diffcut_openvoc.py`` and what does not:
   refines and scores at 1024x1024 with PAMR at 15 iterations, dilations 1, 2, 4, 8, 12, 24, 32,
   64. To score as it does: ``score_size=1024`` and the method params
   ``refine_iterations=15, refine_dilations=(1, 2, 4, 8, 12, 24, 32, 64)``. Its input crop is one
-  pixel smaller than the shorter side (``min(h, w) - 1``); ours is the full shorter side.
+  pixel smaller than the shorter side (``min(h, w) - 1``) and its resize has no antialiasing;
+  ours is the full shorter side with PIL's resize unless ``preprocessing="diffcut-code"``.
   Same too: masks reach CLIP's grid with nearest-exact (``mask_pool``'s default; a segment
   smaller than a cell takes the cells it overlaps where DiffCut pools nothing), and CLIP sees
   [0, 1] RGB without its mean / std normalisation as in DiffCut's script (``clip_normalize``
@@ -104,6 +105,30 @@ def center_square(array: np.ndarray) -> np.ndarray:
     return array[top : top + side, left : left + side]
 
 
+def diffcut_code_preprocess(image: np.ndarray, label: np.ndarray,
+                            protocol: Protocol) -> tuple[np.ndarray, np.ndarray]:
+    """Preprocessing exactly as DiffCut's ``DataIterator`` (``dataloader/iterator.py``): centre
+    crop of side min(H, W) - 1 placed as torchvision's ``CenterCrop`` (``round((H - c) / 2)``),
+    image resized bilinearly *without* antialiasing (its ``Resize(antialias=None)`` on tensors),
+    label with ``nearest-exact``. Returns what :func:`preprocess` returns."""
+    import torch
+    import torch.nn.functional as F
+
+    h, w = label.shape[:2]
+    if image.shape[:2] != (h, w):
+        raise ValueError(f"image {image.shape[:2]} and label {(h, w)} differ in size")
+    c = min(h, w) - 1
+    top, left = int(round((h - c) / 2.0)), int(round((w - c) / 2.0))
+    img = torch.from_numpy(np.ascontiguousarray(image[top:top + c, left:left + c]))
+    lab = torch.from_numpy(np.ascontiguousarray(label[top:top + c, left:left + c]).astype(np.int64))
+    x = img.permute(2, 0, 1)[None].to(torch.float32) / 255.0
+    s_in, s_sc = protocol.input_size, protocol.score_size
+    x = F.interpolate(x, size=(s_in, s_in), mode="bilinear", align_corners=False, antialias=False)
+    out = (x[0].permute(1, 2, 0).clamp(0, 1) * 255.0).round().to(torch.uint8).numpy()
+    y = F.interpolate(lab[None, None].to(torch.float64), size=(s_sc, s_sc), mode="nearest-exact")
+    return np.array(out, order="C"), y[0, 0].to(torch.int64).numpy()
+
+
 def preprocess(image: np.ndarray, label: np.ndarray,
                protocol: Protocol) -> tuple[np.ndarray, np.ndarray]:
     """Protocol preprocessing of one sample.
@@ -149,6 +174,9 @@ class EvalSettings:
             "names" (bare class names); see eval/openvocab.py.
         attention_timestep: timestep(s) of the self-attention pass (None: 300; a list averages
             several, DWC's option).
+        preprocessing: "standard" (centre crop of the shorter side, PIL bilinear resize) or
+            "diffcut-code" (:func:`diffcut_code_preprocess`: DiffCut's one-pixel-smaller crop and
+            non-antialiased resize, for reproducing its numbers to the pixel).
         clip_normalize: standardise CLIP's input with its mean / std. Off by default because
             DiffCut's script feeds CLIP [0, 1] RGB (``DataIterator`` divides by 255 and nothing
             else), and that is what its published numbers were measured with.
@@ -174,6 +202,7 @@ class EvalSettings:
     vocabulary: str = "diffcut"
     clip_normalize: bool = False
     attention_timestep: int | list[int] | None = None
+    preprocessing: str = "standard"
 
     def identity(self) -> dict[str, Any]:
         """The settings that decide every per-image record (resume must not mix them).
@@ -187,6 +216,8 @@ class EvalSettings:
             keys += ("open_vocab", "clip", "vocabulary", "clip_normalize")
         if self.attention_timestep is not None:
             keys += ("attention_timestep",)
+        if self.preprocessing != "standard":
+            keys += ("preprocessing",)
         return json.loads(json.dumps({k: getattr(self, k) for k in keys}, default=str))
 
 
@@ -273,10 +304,13 @@ def _slug(text: str) -> str:
 
 
 def encoding_cache_dir(root: Path, backbone: str, input_size: int, parts: list[str],
-                       dataset: str) -> Path:
-    """Cache folder of one (backbone, input size, captured parts, dataset)."""
+                       dataset: str, preprocessing: str = "standard") -> Path:
+    """Cache folder of one (backbone, input size, captured parts, dataset, preprocessing: it
+    decides the pixels the backbone sees)."""
     tag = hashlib.sha1(str(backbone).encode()).hexdigest()[:8]
     name = f"{_slug(Path(str(backbone)).name)}-{tag}-{input_size}px-{'+'.join(sorted(parts))}"
+    if preprocessing != "standard":
+        name += f"-{_slug(preprocessing)}"
     return root / name / _slug(dataset)
 
 
@@ -368,6 +402,10 @@ def evaluate(
         raise ValueError(f"dataset {ds.name!r} has {ds.num_classes} classes but the "
                          f"open-vocabulary classes of {settings.dataset!r} are {len(prompts)}")
     protocol = get_protocol(settings.protocol, settings.input_size, settings.score_size)
+    prepare = PREPROCESSING.get(settings.preprocessing)
+    if prepare is None:
+        raise ValueError(f"preprocessing must be one of {', '.join(PREPROCESSING)}, got "
+                         f"{settings.preprocessing!r}")
     if settings.matching not in ("hungarian", "dataset"):
         raise ValueError(f"matching must be 'hungarian' or 'dataset', got {settings.matching!r}")
     if settings.matching == "dataset" and not settings.num_clusters:
@@ -420,7 +458,7 @@ def evaluate(
     cache = None
     if encodings is not None and needs:
         cache = encoding_cache_dir(Path(encodings), segmenter.backbone_name, protocol.input_size,
-                                   needs, ds.name)
+                                   needs, ds.name, settings.preprocessing)
         cache.mkdir(parents=True, exist_ok=True)
     method_config_path = out_dir / "method_config.json"
     try:
@@ -429,7 +467,7 @@ def evaluate(
             samples = []
             for i in chunk:
                 image_id, image, label = ds[i]
-                img, lab = preprocess(image, label, protocol)
+                img, lab = prepare(image, label, protocol)
                 samples.append((i, image_id, img, lab))
             encs = _encodings(segmenter, samples, needs, cache, protocol, settings)
             for (i, image_id, img, lab), enc in zip(samples, encs, strict=True):
@@ -489,6 +527,13 @@ def _progress(total: int, initial: int, enabled: bool, rank: int, settings: Eval
 
     desc = f"{settings.method} {settings.dataset}" + (f" [rank {rank}]" if rank else "")
     return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, leave=False)
+
+
+#: Sample preprocessing by name (EvalSettings.preprocessing).
+PREPROCESSING: dict[str, Callable[..., tuple[np.ndarray, np.ndarray]]] = {
+    "standard": preprocess,
+    "diffcut-code": diffcut_code_preprocess,
+}
 
 
 def _encoding_meta(segmenter, settings: EvalSettings, needs: list[str]) -> dict[str, Any]:

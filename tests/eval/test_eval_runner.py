@@ -13,7 +13,14 @@ from typer.testing import CliRunner
 
 from diffuseg.eval.cli import eval_app
 from diffuseg.eval.datasets import get_dataset
-from diffuseg.eval.runner import EvalSettings, evaluate, get_protocol, preprocess, read_records
+from diffuseg.eval.runner import (
+    EvalSettings,
+    encoding_cache_dir,
+    evaluate,
+    get_protocol,
+    preprocess,
+    read_records,
+)
 
 FAST = {"grid": 16}  # a coarse ncut graph keeps these tests quick
 
@@ -51,6 +58,39 @@ def test_protocol_preprocessing():
     assert (lab[:, :64] == 0).all() and (lab[:, 64:] == 255).all()
     img, lab = preprocess(image, label, get_protocol("diffseg"))
     assert img.shape == (512, 512, 3) and lab.shape == (512, 512)
+
+
+def test_diffcut_code_preprocessing_crops_as_its_dataloader():
+    """DiffCut's DataIterator: CenterCrop(min(h, w) - 1) placed at round((H - c) / 2) (Python's
+    round: 20.5 -> 20), bilinear without antialiasing, labels nearest-exact."""
+    from diffuseg.eval.runner import Protocol, diffcut_code_preprocess
+
+    yy, xx = np.mgrid[0:61, 0:101]
+    image = np.stack([yy * 4, xx * 2, (yy + xx) % 256], -1).astype(np.uint8)
+    label = (yy * 101 + xx) % 251
+    img, lab = diffcut_code_preprocess(image, label, Protocol("x", 60, 30))
+    np.testing.assert_array_equal(img, image[0:60, 20:80])  # same size: the crop itself
+    np.testing.assert_array_equal(lab, label[0:60, 20:80][1::2, 1::2])  # centres of 2x2 cells
+    img, _ = diffcut_code_preprocess(image, label, Protocol("x", 15, 15))
+    # 4x down without antialiasing: each output pixel mixes only the two nearest source pixels
+    # (src = 4j + 1.5), so columns average 2x(20 + 4j + 1) and 2x(20 + 4j + 2)
+    np.testing.assert_array_equal(img[0, :, 1], 2 * (20 + 4 * np.arange(15)) + 3)
+    with pytest.raises(ValueError, match="differ in size"):
+        diffcut_code_preprocess(image[:50], label, Protocol("x", 15, 15))
+
+
+def test_preprocessing_setting_reaches_the_run_and_the_cache(coco, tmp_path):
+    with pytest.raises(ValueError, match="preprocessing must be one of"):
+        evaluate(settings(coco, preprocessing="nope"), tmp_path / "x", progress=False)
+    result = evaluate(settings(coco, preprocessing="diffcut-code", limit=2), tmp_path / "c",
+                      progress=False)
+    assert result["num_images"] == 2
+    run = json.loads((tmp_path / "c" / "run.json").read_text())
+    assert run["preprocessing"] == "diffcut-code"
+    assert "preprocessing" not in settings(coco).identity()  # old runs keep their identity
+    assert encoding_cache_dir(tmp_path, "sd14", 1024, ["features"], "voc",
+                              "diffcut-code") != encoding_cache_dir(tmp_path, "sd14", 1024,
+                                                                    ["features"], "voc")
 
 
 def test_end_to_end_ncut_on_fake_coco(reference):
