@@ -269,7 +269,9 @@ class Segmenter:
         _, _, sims = classify_segments(self.clip.dense(image, size), seg.labels, classifier,
                                        self.clip.head, merge=False)
         cls = sims.argmax(1).tolist()
-        config = {**seg.config, "classes": list(names), "clip": self.clip_name or "default",
+        from diffuseg.labels.clip_model import DEFAULT_CLIP
+
+        config = {**seg.config, "classes": list(names), "clip": self.clip_name or DEFAULT_CLIP,
                   "clip_size": self.clip_size, "merge": bool(merge)}
         if not merge:
             records = [{**r, "name": names[cls[r["label"]]],
@@ -303,7 +305,9 @@ class Segmenter:
         config = dict(seg.config)
         if str(caption).strip().lower() == "auto":
             caption = self.captioner.caption(self._image_of(encoding))
-            config["captioner"] = self.captioner_name or "default"
+            from diffuseg.labels.captioner import DEFAULT_CAPTIONER
+
+            config["captioner"] = self.captioner_name or DEFAULT_CAPTIONER
         named = name_segments_from_caption(self.backbone, encoding, seg.labels, caption,
                                            list(words) if words else None, voting=voting)
         records = [{**r, "name": named.names[r["label"]]} for r in seg.segments]

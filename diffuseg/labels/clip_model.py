@@ -319,7 +319,8 @@ class ClipModel(nn.Module):
     """open_clip's ConvNeXt CLIP, split the way mask classification needs it.
 
     Parameter names equal open_clip's, so its ``open_clip_model.safetensors`` loads strictly.
-    Build with :func:`load_clip`; ``ClipModel(cfg)`` gives random-free uninitialised weights.
+    Build with :func:`load_clip`; ``ClipModel(cfg)`` alone has untrained, default-initialised
+    weights and no tokenizer.
     """
 
     def __init__(self, cfg: ClipConfig, tokenizer: Any = None) -> None:
