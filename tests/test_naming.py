@@ -165,3 +165,25 @@ def test_caption_auto_uses_the_captioner(tmp_path, tiny_sd1, small_photo, one_th
     # the same caption given by hand names the segments the same way
     by_hand = seg.segment(enc, caption=want)
     assert [s["name"] for s in by_hand.segments] == [s["name"] for s in named.segments]
+
+
+def test_cli_caption_auto(tmp_path, tiny_sd1, small_photo, one_thread):
+    from tiny_blip import make_tiny_blip
+
+    blip = make_tiny_blip(tmp_path / "blip")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["segment", str(small_photo), "--method", "diffseg",
+                                 "--backbone", str(tiny_sd1), "--caption", "auto",
+                                 "--captioner", str(blip), "-o", str(out), "-f", "png,coco"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((out / "photo.json").read_text())
+    caption = doc["config"]["caption"]
+    assert caption and caption != "auto" and doc["config"]["captioner"] == str(blip)
+    names = [s["name"] for s in doc["segments"]]
+    assert all(n in caption for n in names)
+    masks = json.loads((out / "photo.masks.json").read_text())
+    assert [a["name"] for a in masks["annotations"]] == names
+    missing = runner.invoke(app, ["segment", str(small_photo), "--method", "diffseg",
+                                  "--backbone", str(tiny_sd1), "--caption", "auto",
+                                  "--captioner", str(tmp_path / "nowhere"), "-o", str(out)])
+    assert missing.exit_code == 2 and "captioning model" in missing.output
