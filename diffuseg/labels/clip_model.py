@@ -93,6 +93,8 @@ class ClipConfig:
         proj, proj_bias: open_clip's image head, "mlp" (D*2 hidden, GELU) or "linear".
         image_size: the model's training resolution (informative; dense features take any size).
         context_length, vocab_size, width, heads, layers, mlp_ratio: the text transformer.
+        mean, std: the input normalisation (``preprocess_cfg`` of the hub config, else OpenAI
+            CLIP's).
     """
 
     embed_dim: int
@@ -108,6 +110,8 @@ class ClipConfig:
     heads: int
     layers: int
     mlp_ratio: float = 4.0
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
 
     @classmethod
     def from_open_clip(cls, cfg: dict[str, Any]) -> ClipConfig:
@@ -118,6 +122,7 @@ class ClipConfig:
         ``vision_cfg`` may give ``depths``/``dims``/``norm_eps`` instead of a timm name (this
         package's extension, for small test models).
         """
+        pre = cfg.get("preprocess_cfg") or {}
         cfg = cfg.get("model_cfg", cfg)
         v, t = dict(cfg.get("vision_cfg", {})), dict(cfg.get("text_cfg", {}))
         name = v.get("timm_model_name")
@@ -151,11 +156,14 @@ class ClipConfig:
             vocab_size=int(t.get("vocab_size", 49408)), width=int(t.get("width", 512)),
             heads=int(t.get("heads", 8)), layers=int(t.get("layers", 12)),
             mlp_ratio=float(t.get("mlp_ratio", 4.0)),
+            mean=tuple(float(x) for x in pre.get("mean", CLIP_MEAN)),
+            std=tuple(float(x) for x in pre.get("std", CLIP_STD)),
         )
 
     def to_open_clip(self) -> dict[str, Any]:
-        """The config in open_clip's layout (explicit depths/dims: round-trips any size)."""
-        return {
+        """``open_clip_config.json``'s layout (model section with explicit depths/dims, so any
+        size round-trips, and the preprocessing's mean/std)."""
+        model = {
             "embed_dim": self.embed_dim,
             "vision_cfg": {"timm_model_name": "convnext", "timm_pool": "",
                            "timm_proj": self.proj, "timm_proj_bias": self.proj_bias,
@@ -165,6 +173,8 @@ class ClipConfig:
                          "width": self.width, "heads": self.heads, "layers": self.layers,
                          "mlp_ratio": self.mlp_ratio},
         }
+        return {"model_cfg": model,
+                "preprocess_cfg": {"mean": list(self.mean), "std": list(self.std)}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -364,8 +374,8 @@ class ClipModel(nn.Module):
                               antialias=shrink).clamp_(0, 1)
         if not normalize:
             return x
-        mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+        mean = torch.tensor(self.cfg.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.cfg.std).view(1, 3, 1, 1)
         return (x - mean) / std
 
     @torch.inference_mode()

@@ -134,6 +134,12 @@ def test_config_checks(tmp_path):
     assert (cfg.width, cfg.heads, cfg.layers, cfg.norm_eps) == (768, 12, 16, 1e-6)
     # a round trip through open_clip's layout keeps every field
     assert ClipConfig.from_open_clip(cfg.to_open_clip()) == cfg
+    # the hub config's preprocess_cfg decides the normalisation
+    half = ClipConfig.from_open_clip({"model_cfg": TINY_CLIP_CONFIG,
+                                      "preprocess_cfg": {"mean": [0.5] * 3, "std": [0.5] * 3}})
+    assert half.mean == (0.5, 0.5, 0.5) and ClipConfig.from_open_clip(half.to_open_clip()) == half
+    x = ClipModel(half).preprocess(np.full((40, 40, 3), 255, np.uint8), 40)
+    torch.testing.assert_close(x[0, :, 0, 0], torch.ones(3))
     vit = {"embed_dim": 512, "vision_cfg": {"image_size": 224, "layers": 12, "width": 768,
                                             "patch_size": 32}, "text_cfg": {}}
     with pytest.raises(ValueError, match="ConvNeXt"):
