@@ -78,6 +78,14 @@ BUILTIN_CONFIGS: dict[str, dict[str, Any]] = {
     },
 }
 
+#: open_clip text-tower options (``text_cfg``) and the only values this rebuild implements
+#: (open_clip's defaults, those of every ConvNeXt CLIP).
+_TEXT_SUPPORTED: dict[str, Any] = {
+    "no_causal_mask": False, "pool_type": "argmax", "embed_cls": False,
+    "final_ln_after_pool": False, "proj_bias": False, "proj_type": "linear", "pad_id": 0,
+    "act_kwargs": {}, "norm_kwargs": {},
+}
+
 #: OpenAI CLIP's normalisation (open_clip's default for these models).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -144,6 +152,11 @@ class ClipConfig:
         for key in ("hf_model_name", "hf_tokenizer_name"):
             if t.get(key):
                 raise ValueError("CLIP text towers from Hugging Face models are not supported")
+        # open_clip options this rebuild does not implement: refuse rather than differ
+        for section, supported in ((t, _TEXT_SUPPORTED), (cfg, {"quick_gelu": False})):
+            for key, value in supported.items():
+                if section.get(key) is not None and section[key] != value:
+                    raise ValueError(f"unsupported CLIP option {key}={section[key]!r}")
         if len(depths) != 4 or len(dims) != 4:
             raise ValueError("a ConvNeXt trunk has four stages")
         size = v.get("image_size", 224)

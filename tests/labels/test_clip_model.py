@@ -134,6 +134,12 @@ def test_config_checks(tmp_path):
     assert (cfg.width, cfg.heads, cfg.layers, cfg.norm_eps) == (768, 12, 16, 1e-6)
     # a round trip through open_clip's layout keeps every field
     assert ClipConfig.from_open_clip(cfg.to_open_clip()) == cfg
+    for section, key, value in (("text_cfg", "pool_type", "last"), ("text_cfg", "embed_cls", True),
+                                ("text_cfg", "no_causal_mask", True), (None, "quick_gelu", True)):
+        odd = json.loads(json.dumps(TINY_CLIP_CONFIG))
+        (odd[section] if section else odd)[key] = value
+        with pytest.raises(ValueError, match=f"unsupported CLIP option {key}"):
+            ClipConfig.from_open_clip(odd)
     # the hub config's preprocess_cfg decides the normalisation
     half = ClipConfig.from_open_clip({"model_cfg": TINY_CLIP_CONFIG,
                                       "preprocess_cfg": {"mean": [0.5] * 3, "std": [0.5] * 3}})
