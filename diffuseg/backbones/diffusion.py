@@ -47,7 +47,7 @@ from diffuseg.backbones.registry import (
     BackbonePreset,
     WeightsNotFoundError,
     describe_missing,
-    hub_kwargs,
+    hub_snapshot,
     resolve_backbone,
     weights_help,
 )
@@ -553,17 +553,9 @@ def _model_folder(preset: BackbonePreset) -> Path:
     (downloaded with progress if needed, from the cache only when offline)."""
     if preset.is_local:
         return Path(preset.repo_id)
-    kwargs = hub_kwargs(False, preset.repo_id)
-    try:
-        from huggingface_hub import snapshot_download
-
-        folder = snapshot_download(preset.repo_id, allow_patterns=HUB_PATTERNS, **kwargs)
-    except Exception as exc:  # offline cache miss, network, missing repo, bad id
-        raise WeightsNotFoundError(
-            f"cannot get the weights of backbone {preset.name!r} ({preset.repo_id}): "
-            f"{describe_missing(exc)}. {weights_help(preset.repo_id)}"
-        ) from None
-    return Path(folder)
+    return hub_snapshot(preset.repo_id, HUB_PATTERNS,
+                        f"the weights of backbone {preset.name!r} ({preset.repo_id})",
+                        weights_help(preset.repo_id))
 
 
 def _missing_files(folder: Path, family: str) -> list[str]:

@@ -84,6 +84,25 @@ def hub_kwargs(local_folder: bool, repo_id: str | None = None) -> dict[str, Any]
     return kwargs
 
 
+def hub_snapshot(repo_id: str, patterns: list[str], what: str, help_text: str) -> Path:
+    """The local snapshot of ``repo_id`` holding only ``patterns``: downloaded (with progress)
+    if needed, read from the cache only when offline (:func:`hub_kwargs`).
+
+    Raises:
+        WeightsNotFoundError: "cannot get {what}: {reason}. {help_text}" (one line).
+    """
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(repo_id, allow_patterns=patterns,
+                                   **hub_kwargs(False, repo_id))
+    except Exception as exc:  # offline cache miss, network, missing repo, bad id
+        raise WeightsNotFoundError(
+            f"cannot get {what}: {describe_missing(exc)}. {help_text}"
+        ) from None
+    return Path(folder)
+
+
 def describe_missing(exc: BaseException) -> str:
     """A short, one-line reason for a loading failure (for WeightsNotFoundError messages)."""
     name = exc.__class__.__name__

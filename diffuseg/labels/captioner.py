@@ -42,7 +42,7 @@ from diffuseg.backbones.diffusion import (
 from diffuseg.backbones.registry import (
     WeightsNotFoundError,
     describe_missing,
-    hub_kwargs,
+    hub_snapshot,
     looks_like_path,
     weights_help,
 )
@@ -246,16 +246,7 @@ def _captioner_folder(name: str) -> tuple[Path, str | None]:
         return path.resolve(), None
     if looks_like_path(name):
         raise WeightsNotFoundError(f"no captioning model folder at {path}. {_help(None)}")
-    kwargs = hub_kwargs(False, name)
-    try:
-        from huggingface_hub import snapshot_download
-
-        folder = snapshot_download(name, allow_patterns=HUB_PATTERNS, **kwargs)
-    except Exception as exc:  # offline cache miss, network, missing repo, bad id
-        raise WeightsNotFoundError(
-            f"cannot get the captioning model {name!r}: {describe_missing(exc)}. {_help(name)}"
-        ) from None
-    return Path(folder), name
+    return hub_snapshot(name, HUB_PATTERNS, f"the captioning model {name!r}", _help(name)), name
 
 
 def _check_folder(folder: Path, where: str, repo_id: str | None) -> None:

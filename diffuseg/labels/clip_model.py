@@ -478,8 +478,7 @@ def _resolve(name_or_path: str) -> tuple[Path, str | None]:
     """The local folder of the files, and the model name when a known one was asked."""
     from diffuseg.backbones.registry import (
         WeightsNotFoundError,
-        describe_missing,
-        hub_kwargs,
+        hub_snapshot,
         looks_like_path,
         weights_help,
     )
@@ -502,17 +501,10 @@ def _resolve(name_or_path: str) -> tuple[Path, str | None]:
             f"unknown CLIP model {text!r}: give a folder with {CONFIG_NAME} and {WEIGHTS_NAME}, "
             f"a hub id (org/repo), or one of {', '.join(KNOWN_PRETRAINED)}"
         )
-    try:
-        from huggingface_hub import snapshot_download
-
-        folder = snapshot_download(repo, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME],
-                                   **hub_kwargs(False, repo))
-    except Exception as exc:  # offline cache miss, network, missing repo, bad id
-        raise WeightsNotFoundError(
-            f"cannot get the CLIP weights {text!r} ({repo}): {describe_missing(exc)}. "
-            + weights_help(repo, f"--clip PATH (a folder with {CONFIG_NAME} and {WEIGHTS_NAME})")
-        ) from None
-    return Path(folder), model_name
+    local = f"--clip PATH (a folder with {CONFIG_NAME} and {WEIGHTS_NAME})"
+    folder = hub_snapshot(repo, [CONFIG_NAME, WEIGHTS_NAME], f"the CLIP weights {text!r} ({repo})",
+                          weights_help(repo, local))
+    return folder, model_name
 
 
 def load_clip(
