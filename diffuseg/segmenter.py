@@ -255,7 +255,13 @@ class Segmenter:
     def _name_by_classes(self, seg: Segmentation, image_or_encoding: ImageLike | Encoding,
                          classes: Sequence[str], merge: bool) -> Segmentation:
         from diffuseg.backbones.diffusion import resize_dims
-        from diffuseg.labels.clip import build_text_classifier, classify_segments
+        from diffuseg.labels.clip import (
+            build_text_classifier,
+            classify_pooled,
+            mask_pool,
+            merge_named_segments,
+        )
+        from diffuseg.labels.clip_model import DEFAULT_CLIP
         from diffuseg.types import segment_records
 
         names = tuple(str(c).strip() for c in classes)
@@ -266,11 +272,9 @@ class Segmenter:
         classifier = self._classifiers[names]
         image = self._image_of(image_or_encoding)
         size = resize_dims(*image.shape[:2], self.clip_size, multiple=32)
-        _, _, sims = classify_segments(self.clip.dense(image, size), seg.labels, classifier,
-                                       self.clip.head, merge=False)
-        cls = sims.argmax(1).tolist()
-        from diffuseg.labels.clip_model import DEFAULT_CLIP
-
+        pooled = mask_pool(self.clip.dense(image, size), seg.labels)
+        cls, sims = classify_pooled(pooled, classifier, self.clip.head)
+        cls = cls.tolist()
         config = {**seg.config, "classes": list(names), "clip": self.clip_name or DEFAULT_CLIP,
                   "clip_size": self.clip_size, "merge": bool(merge)}
         if not merge:
@@ -278,13 +282,11 @@ class Segmenter:
                         "score": round(float(sims[r["label"], cls[r["label"]]]), 6)}
                        for r in seg.segments]
             return dataclasses.replace(seg, segments=records, config=config)
-        order = list(dict.fromkeys(cls[r["label"]] for r in seg.segments))  # first appearance
-        remap = np.array([order.index(c) for c in cls], dtype=np.int32)
-        labels = remap[seg.labels]
+        labels, merged_classes = merge_named_segments(seg.labels, cls)
         records = segment_records(labels)
         for r in records:
-            members = [s["label"] for s in seg.segments if remap[s["label"]] == r["label"]]
-            c = order[r["label"]]
+            c = int(merged_classes[r["label"]])
+            members = [s["label"] for s in seg.segments if cls[s["label"]] == c]
             r.update(name=names[c], score=round(max(float(sims[m, c]) for m in members), 6),
                      merged_from=members)
         return Segmentation(labels=labels, hierarchy=None, segments=records, config=config)

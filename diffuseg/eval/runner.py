@@ -635,7 +635,6 @@ class _ClipNamer:
         self.clip = clip
         self.injected = clip is not None
         self.classifier = None
-        self._index: dict[str, int] = {}
 
     @property
     def name(self) -> str:
@@ -661,7 +660,6 @@ class _ClipNamer:
         from diffuseg.labels.clip import build_text_classifier
 
         self.classifier = build_text_classifier(self.clip.encode_text, self.prompts)
-        self._index = {name: k for k, name in enumerate(self.classifier.names)}
 
     def score(self, image: np.ndarray, label: np.ndarray, seg_labels: np.ndarray) -> dict:
         """The open-vocabulary part of one image's record.
@@ -674,13 +672,12 @@ class _ClipNamer:
             {"tp", "fp", "fn": per-class counts (lists), "jaccard": the image's macro Jaccard
             (None when no pixel is scored), "classes": the class id of each segment}.
         """
-        from diffuseg.labels.clip import classify_segments
+        from diffuseg.labels.clip import classify_pooled, mask_pool
 
         self.load()
         features = self.clip.dense(image, self.size, normalize=self.settings.clip_normalize)
-        _, names, _ = classify_segments(features, seg_labels, self.classifier, self.clip.head,
-                                        merge=False)
-        classes = np.array([self._index[name] for name in names], dtype=np.int64)
+        pooled = mask_pool(features, seg_labels)
+        classes = classify_pooled(pooled, self.classifier, self.clip.head)[0].numpy()
         pred = classes[np.asarray(seg_labels, dtype=np.int64)]
         tp, fp, fn = class_counts(label, pred, self.num_classes, self.ignore_index)
         jac = counts_jaccard(tp, fp, fn)
