@@ -59,6 +59,8 @@ log = logging.getLogger(__name__)
 
 #: DiffSeg's and DWC's timestep: the clean latent with the embedding of t=300 (METHODS.md s.1).
 ATTENTION_TIMESTEP = 300
+#: Seed of DiffCut's noise (the features' only random input).
+NOISE_SEED = 42
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,7 +281,7 @@ class Backbone:
 
     @torch.inference_mode()
     def features(
-        self, latents: torch.Tensor, *, timestep: int | None = None, seed: int = 42
+        self, latents: torch.Tensor, *, timestep: int | None = None, seed: int = NOISE_SEED
     ) -> torch.Tensor:
         """DiffCut features of clean latents (B, 4, h8, w8): noise at ``timestep`` (default the
         preset's, 50) with seeded noise shared by the batch, run the UNet up to the feature layer
@@ -412,7 +414,7 @@ class Backbone:
         attention: bool = False,
         size: int | None = None,
         timestep: int | None = None,
-        seed: int = 42,
+        seed: int = NOISE_SEED,
         attention_timestep: int | Sequence[int] = ATTENTION_TIMESTEP,
         square: bool = False,
         batch_size: int = 4,

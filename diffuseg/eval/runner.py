@@ -541,12 +541,17 @@ def _encoding_meta(segmenter, settings: EvalSettings, needs: list[str]) -> dict[
     is reused only if all of it matches (another dtype, seed or timestep is encoded again)."""
     import torch
 
-    from diffuseg.backbones.diffusion import ATTENTION_TIMESTEP, _as_dtype, default_device
+    from diffuseg.backbones.diffusion import (
+        ATTENTION_TIMESTEP,
+        NOISE_SEED,
+        _as_dtype,
+        default_device,
+    )
     from diffuseg.backbones.registry import DIFFCUT_TIMESTEP, get_preset
 
     device = torch.device(settings.device) if settings.device else default_device()
     meta: dict[str, Any] = {
-        "seed": ENCODING_SEED,
+        "seed": NOISE_SEED,
         "dtype": str(_as_dtype(settings.dtype, device)).replace("torch.", ""),
     }
     if "features" in needs:
@@ -558,10 +563,6 @@ def _encoding_meta(segmenter, settings: EvalSettings, needs: list[str]) -> dict[
         t = settings.attention_timestep
         meta["attention_timestep"] = ATTENTION_TIMESTEP if t is None else t
     return meta
-
-
-#: The noise seed of every evaluation encoding (the backbone's default).
-ENCODING_SEED = 42
 
 
 def _encodings(segmenter, samples, needs, cache: Path | None, protocol: Protocol,
@@ -594,7 +595,7 @@ def _encodings(segmenter, samples, needs, cache: Path | None, protocol: Protocol
         encoded = segmenter.backbone.encode(
             [samples[k][2] for k in missing], features="features" in needs,
             attention="attention" in needs, size=size, square=True,
-            batch_size=settings.batch_size, seed=ENCODING_SEED,
+            batch_size=settings.batch_size, seed=expected["seed"],
             timestep=expected.get("timestep"), **extra)
         for k, enc in zip(missing, encoded, strict=True):
             out[k] = enc
