@@ -460,6 +460,7 @@ def evaluate(
         cache = encoding_cache_dir(Path(encodings), segmenter.backbone_name, protocol.input_size,
                                    needs, ds.name, settings.preprocessing)
         cache.mkdir(parents=True, exist_ok=True)
+    expected = _encoding_meta(segmenter, settings, needs, protocol) if needs else {}
     method_config_path = out_dir / "method_config.json"
     try:
         for start in range(0, len(todo), max(1, settings.batch_size)):
@@ -469,7 +470,8 @@ def evaluate(
                 image_id, image, label = ds[i]
                 img, lab = prepare(image, label, protocol)
                 samples.append((i, image_id, img, lab))
-            encs = _encodings(segmenter, samples, needs, cache, protocol, settings)
+            encs = _encodings(segmenter, samples, needs, cache, protocol, expected,
+                              settings.batch_size)
             for (i, image_id, img, lab), enc in zip(samples, encs, strict=True):
                 seg = segmenter.segment(enc, output_size=(protocol.score_size,) * 2)
                 if rank == 0 and not method_config_path.is_file():
@@ -536,7 +538,8 @@ PREPROCESSING: dict[str, Callable[..., tuple[np.ndarray, np.ndarray]]] = {
 }
 
 
-def _encoding_meta(segmenter, settings: EvalSettings, needs: list[str]) -> dict[str, Any]:
+def _encoding_meta(segmenter, settings: EvalSettings, needs: list[str],
+                   protocol: Protocol) -> dict[str, Any]:
     """What decides an Encoding besides the image, as its ``meta`` records it: a cached Encoding
     is reused only if all of it matches (another dtype, seed or timestep is encoded again)."""
     import torch
@@ -553,6 +556,7 @@ def _encoding_meta(segmenter, settings: EvalSettings, needs: list[str]) -> dict[
     meta: dict[str, Any] = {
         "seed": NOISE_SEED,
         "dtype": str(_as_dtype(settings.dtype, device)).replace("torch.", ""),
+        "image_size": [protocol.input_size] * 2,
     }
     if "features" in needs:
         # a preset's own timestep; a model folder gets DiffCut's (read without the folder, which
@@ -566,16 +570,15 @@ def _encoding_meta(segmenter, settings: EvalSettings, needs: list[str]) -> dict[
 
 
 def _encodings(segmenter, samples, needs, cache: Path | None, protocol: Protocol,
-               settings: EvalSettings) -> list:
-    """One Encoding per sample: from the cache, or encoded in one batched backbone call."""
+               expected: dict[str, Any], batch_size: int) -> list:
+    """One Encoding per sample: from the cache when its meta matches ``expected``
+    (:func:`_encoding_meta`), else encoded in one batched backbone call."""
     from diffuseg.types import Encoding
 
     size = protocol.input_size
     if not needs:  # no backbone: the method reads the image only
         return [Encoding(image=img, meta={"original_size": [size, size]})
                 for _, _, img, _ in samples]
-    expected = _encoding_meta(segmenter, settings, needs)
-    expected["image_size"] = [size, size]
     out: list = [None] * len(samples)
     missing = []
     for k, (_, image_id, _, _) in enumerate(samples):
@@ -595,7 +598,7 @@ def _encodings(segmenter, samples, needs, cache: Path | None, protocol: Protocol
         encoded = segmenter.backbone.encode(
             [samples[k][2] for k in missing], features="features" in needs,
             attention="attention" in needs, size=size, square=True,
-            batch_size=settings.batch_size, seed=expected["seed"],
+            batch_size=batch_size, seed=expected["seed"],
             timestep=expected.get("timestep"), **extra)
         for k, enc in zip(missing, encoded, strict=True):
             out[k] = enc
