@@ -141,7 +141,7 @@ class DemoState:
         self._encoding_files: dict[tuple, Path] = {}
         self._backbones: dict[str, Any] = {}
         self.clip = str(clip) if clip is not None else None
-        self._clip_model: Any = None
+        self._namer: Any = None
         self._requests = 0
         self._lock = threading.RLock()
 
@@ -277,15 +277,17 @@ class DemoState:
                 self._encoding_files[key] = path
             return path
 
-    def clip_model(self) -> Any:
-        """The CLIP model for class names (loaded once, on the first request that names)."""
+    def namer(self) -> Any:
+        """The Segmenter that names segments by class, one for the demo's life: CLIP loads on
+        the first request that names, and each class list's text embeddings are computed once
+        (naming reads no segmentation method, hence ``ncut``)."""
         with self._lock:
-            if self._clip_model is None:
-                from diffuseg.labels.clip_model import DEFAULT_CLIP, load_clip
+            if self._namer is None:
+                from diffuseg.segmenter import Segmenter
 
-                self._clip_model = load_clip(self.clip or DEFAULT_CLIP, device=self.device,
-                                             dtype=self.dtype)
-            return self._clip_model
+                self._namer = Segmenter("ncut", clip=self.clip, device=self.device,
+                                        dtype=self.dtype)
+            return self._namer
 
     @staticmethod
     def class_names(text: str | None) -> list[str] | None:
@@ -327,8 +329,7 @@ class DemoState:
         except ValueError as exc:
             raise DemoError(f"{method} cannot segment this: {exc}") from None
         if classes:
-            namer = Segmenter(method, backbone, clip=self.clip_model())
-            segmentation = namer.name(segmentation, image, classes=classes)
+            segmentation = self.namer().name(segmentation, image, classes=classes)
         t2 = time.perf_counter()
         folder = self._new_output_dir()
         labels_path = folder / f"{stem}.labels.png"
