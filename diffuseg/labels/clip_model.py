@@ -412,11 +412,11 @@ class ClipModel(nn.Module):
 
     @torch.inference_mode()
     def head(self, pooled: torch.Tensor) -> torch.Tensor:
-        """(K, C) pooled dense features -> (K, D) image embeddings: timm's head norm, then
-        open_clip's projection (DiffCut's ``visual_prediction_forward_convnext``)."""
+        """(K, C) pooled dense features -> (K, D) image embeddings: timm's head on a 1x1 map (its
+        pooling is then the identity, its norm applies), then open_clip's projection (DiffCut's
+        ``visual_prediction_forward_convnext``)."""
         x = pooled.to(self.device, self.dtype).reshape(pooled.shape[0], -1, 1, 1)
-        x = self.visual.trunk.head.norm(x).flatten(1)
-        return self.visual.head(x).float().cpu()
+        return self.visual.head(self.visual.trunk.head(x)).float().cpu()
 
     @torch.inference_mode()
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
