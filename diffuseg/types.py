@@ -178,16 +178,17 @@ class Hierarchy:
             labels: int array of leaf labels (any shape).
             depth: 0 gives one segment; >= ``self.depth`` gives the leaves.
         Returns:
-            int32 array of the same shape, labels 0..K_d-1 in node order.
+            int32 array of the same shape, labels 0..K_d-1 ordered by each region's smallest
+            leaf label (so the leaves themselves keep their labels).
         """
         labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
         remap = np.zeros(max((max(n.leaves) for n in self.nodes if n.leaves), default=0) + 1,
                          dtype=np.int32)
-        k = 0
-        for node in self.nodes:
-            if node.depth == depth or (node.is_leaf and node.depth < depth):
-                remap[list(node.leaves)] = k
-                k += 1
+        regions = sorted((n.leaves for n in self.nodes
+                          if n.leaves and (n.depth == depth or (n.is_leaf and n.depth < depth))),
+                         key=min)
+        for k, leaves in enumerate(regions):
+            remap[list(leaves)] = k
         return remap[labels]
 
     def to_dict(self) -> list[dict[str, Any]]:

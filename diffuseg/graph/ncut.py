@@ -8,20 +8,30 @@ Fiedler vector (Shi & Malik 2000), score the split by
 ask a stopping rule whether to accept it, and recurse into both sides. The leaves are the
 segments; the tree of accepted splits is the hierarchy.
 
+Two things decide a split, and they are separate settings:
+
+* the **eigensolver** (``solver``): Lanczos Fiedler vectors (dense on GPU or for tiny nodes);
+* the **threshold sweep** (``sweep``), both scored at once with prefix sums of the affinity
+  sorted along the Fiedler vector (cut = volume - internal association):
+
+  - ``"sampled"``: DiffCut's rule, 100 thresholds linearly spaced on [0.99 min v, 0.99 max v];
+    the first threshold with the smallest NCut wins, so the split is the official one;
+  - ``"exact"``: every threshold along the sorted vector, so the best split of the form
+    {v > t} is found, not a sample of them (ours: fewer, cleaner cuts on some graphs).
+
 Two modes:
 
-* ``"fast"`` (default): Lanczos Fiedler vectors (dense on GPU), and an *exact* sweep that scores
-  every threshold along the sorted Fiedler vector at once with prefix sums
-  (cut = volume - internal association), so the best split of the form {v > t} is found, not a
-  sample of them.
-* ``"reference"``: the official DiffCut behaviour, kept so that published numbers can be
-  reproduced and the fast mode compared against it: dense ``eigh`` of L_sym, 100 thresholds
-  linearly spaced on [0.99 min v, 0.99 max v] scored one by one, and, below the root, tokens whose
-  affinity row holds an exact zero are left out of the eigenproblem and put on the B side (the
-  official code's quirk; we ignore the diagonal in that test so that ``self_loops=False`` stays
-  meaningful). Unlike the official code, leaves map to labels one to one (its label-code
-  arithmetic overflows when a cut shatters into hundreds of leaves) and an eigensolver failure
-  falls back instead of crashing.
+* ``"fast"`` (default): the solver and sweep above; one-sided thresholds are skipped.
+* ``"reference"``: the official DiffCut code step by step, kept for bit-level comparison: dense
+  ``eigh`` of L_sym, the 100 sampled thresholds scored one by one as generalized Rayleigh
+  quotients, and, below the root, tokens whose affinity row holds an exact zero are left out of
+  the eigenproblem and put on the B side (the official code's quirk; we ignore the diagonal in
+  that test so that ``self_loops=False`` stays meaningful). A threshold that leaves one side
+  empty scores NaN there, and the official ``min()`` over the list then returns NaN when such a
+  threshold comes first (an all-positive Fiedler vector, as on nearly disconnected graphs), so
+  the node is a leaf; the reference sweep reproduces that. Unlike the official code, leaves map
+  to labels one to one (its label-code arithmetic overflows when a cut shatters into hundreds of
+  leaves) and an eigensolver failure falls back instead of crashing.
 
 Self-loops: with alpha = 10 the diagonal of a min-max cosine affinity is 1 while off-diagonal
 entries are raised towards 0, so with noisy features a token's own weight dominates its degree and
@@ -34,15 +44,20 @@ DiffCut default.
 from __future__ import annotations
 
 from collections.abc import Callable
+import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from diffuseg.graph.eigen import fiedler_vector
 from diffuseg.types import Hierarchy, HierarchyNode
 
 MODES = ("fast", "reference")
+SWEEPS = ("sampled", "exact")
 REFERENCE_THRESHOLDS = 100
+#: DiffCut's thresholds span [SAMPLED_SPAN * min v, SAMPLED_SPAN * max v].
+SAMPLED_SPAN = 0.99
 
 
 @dataclass(frozen=True)
@@ -120,7 +135,7 @@ def ncut_value(weights: torch.Tensor, mask: torch.Tensor) -> float:
 
 
 def exact_sweep(
-    weights: torch.Tensor, vector: torch.Tensor, min_size: int = 1
+    weights: torch.Tensor, vector: torch.Tensor, min_size: int = 1, sweep: str = "exact"
 ) -> tuple[torch.Tensor | None, float, torch.Tensor]:
     """Best split of the form A = {v > t} over *every* threshold t, by prefix sums.
 
@@ -133,15 +148,18 @@ def exact_sweep(
         weights: (n, n) symmetric non-negative affinity, n >= 2.
         vector: (n,) the Fiedler vector.
         min_size: smallest admissible side.
+        sweep: "exact" (every threshold) or "sampled" (DiffCut's 100 thresholds, scored from
+            the same prefix sums).
     Returns:
         mask: (n,) bool A side of the best split, or None when no threshold is admissible (all
             entries equal, or the node too small for ``min_size``).
         ncut: its NCut (inf when mask is None).
-        sweep: (n - 1,) float64 NCut of every prefix (inf where not admissible).
+        sweep: float64 NCut of every threshold considered, inf where not admissible: (n - 1,)
+            prefixes for "exact", (100,) thresholds in ascending order for "sampled".
     """
     order = torch.argsort(vector, descending=True, stable=True)
     wp = weights.index_select(0, order).index_select(1, order)
-    size, value, sweep = _sorted_sweep(wp, vector[order], min_size)
+    size, value, sweep = _sorted_sweep(wp, vector[order], min_size, sweep)
     if size is None:
         return None, value, sweep
     mask = torch.zeros(weights.shape[0], dtype=torch.bool, device=weights.device)
@@ -150,7 +168,7 @@ def exact_sweep(
 
 
 def _sorted_sweep(
-    wp: torch.Tensor, sorted_v: torch.Tensor, min_size: int
+    wp: torch.Tensor, sorted_v: torch.Tensor, min_size: int, kind: str = "exact"
 ) -> tuple[int | None, float, torch.Tensor]:
     """:func:`exact_sweep` on an affinity sorted by descending v: (size of A, NCut, sweep)."""
     n = wp.shape[0]
@@ -173,10 +191,39 @@ def _sorted_sweep(
         & (volume_b[:-1] > 0)
     )
     sweep = torch.where(admissible, sweep, torch.full_like(sweep, float("inf")))
+    if kind == "sampled":
+        return _pick_sampled(sweep, sorted_v)
     if not bool(admissible.any()):
         return None, float("inf"), sweep
     best = int(torch.argmin(sweep))
     return best + 1, float(sweep[best]), sweep
+
+
+def sampled_thresholds(vector: torch.Tensor, num: int = REFERENCE_THRESHOLDS) -> torch.Tensor:
+    """DiffCut's thresholds: (num,) float64, linearly spaced on [0.99 min v, 0.99 max v]."""
+    v = vector.double()
+    return torch.linspace(float(v.min()) * SAMPLED_SPAN, float(v.max()) * SAMPLED_SPAN, num,
+                          dtype=torch.float64, device=vector.device)
+
+
+def _pick_sampled(prefix_sweep: torch.Tensor, sorted_v: torch.Tensor
+                  ) -> tuple[int | None, float, torch.Tensor]:
+    """The sampled sweep read off the exact one: threshold t has A = {v > t}, the first
+    ``#{v > t}`` tokens of the descending order, whose NCut the prefix sweep already holds.
+    One-sided thresholds (and prefixes the exact sweep rejects) score inf; the first threshold
+    with the smallest NCut wins, as in DiffCut's code."""
+    n = sorted_v.numel()
+    thresholds = sampled_thresholds(sorted_v)
+    ascending = sorted_v.double().flip(0)
+    sizes = n - torch.searchsorted(ascending, thresholds, right=True)  # #{v > t}
+    inside = (sizes >= 1) & (sizes <= n - 1)
+    values = torch.full(thresholds.shape, float("inf"), dtype=torch.float64,
+                        device=sorted_v.device)
+    values[inside] = prefix_sweep[sizes[inside] - 1]
+    best = int(torch.argmin(values))  # first minimum
+    if not bool(torch.isfinite(values[best])):
+        return None, float("inf"), values
+    return int(sizes[best]), float(values[best]), values
 
 
 def sampled_sweep(
@@ -185,32 +232,34 @@ def sampled_sweep(
     """The official DiffCut sweep: ``num`` thresholds linearly spaced on [0.99 min, 0.99 max].
 
     Each threshold is scored on its own, as the official code does (the generalized Rayleigh
-    quotient y^T (D - W) y / y^T D y of Shi & Malik's indicator, which equals the NCut).
-    Returns the same triple as :func:`exact_sweep`; the first threshold with the smallest value
-    wins ties.
+    quotient y^T (D - W) y / y^T D y of Shi & Malik's indicator, which equals the NCut). A
+    threshold with one side empty scores NaN, as there; the best value is Python's ``min`` over
+    the list and the split ``numpy.argmin``'s, so a NaN first in the list gives no split (and a
+    NaN later makes argmin pick it: a one-sided split, also no split here).
+    Returns the same triple as :func:`exact_sweep` (the sweep with its NaNs).
     """
     w = weights.double()
     degrees = w.sum(dim=1)
     laplacian = torch.diag(degrees) - w
     total = degrees.sum()
     v = vector.double()
-    thresholds = torch.linspace(float(v.min()) * 0.99, float(v.max()) * 0.99, num,
-                                dtype=torch.float64, device=w.device)
+    thresholds = sampled_thresholds(v, num)
     values = []
     for t in thresholds:
         x = v > t
         k = degrees[x].sum() / total
         if k <= 0 or k >= 1:
-            values.append(float("inf"))
+            values.append(float("nan"))
             continue
         b = k / (1 - k)
         y = torch.where(x, torch.ones_like(v), -b * torch.ones_like(v))
         values.append(float((y @ laplacian @ y) / (y @ (degrees * y))))
     sweep = torch.tensor(values, dtype=torch.float64)
-    best = int(torch.argmin(sweep))
-    if not torch.isfinite(sweep[best]):
+    best_value = min(values)  # Python's min: a NaN first in the list wins
+    best = int(np.argmin(np.asarray(values)))  # numpy's argmin: the first NaN wins
+    if math.isnan(best_value) or math.isnan(values[best]):
         return None, float("inf"), sweep
-    return v > thresholds[best], float(sweep[best]), sweep
+    return v > thresholds[best], float(best_value), sweep
 
 
 def reference_fiedler(weights: torch.Tensor) -> torch.Tensor:
@@ -226,11 +275,58 @@ def reference_fiedler(weights: torch.Tensor) -> torch.Tensor:
     return v * torch.sign(v[torch.argmax(v.abs())])
 
 
+def diffcut_leaf_order(children: list[tuple[int, ...]]) -> list[int]:
+    """The leaves of a cut tree in DiffCut's label order.
+
+    DiffCut's code (``assemble_clusters``) gives every token the sum, over the accepted splits in
+    the order they were made (pre-order, A side explored first), of a weight larger than every
+    code so far when the token lies on that split's A side; labels are the ranks of the distinct
+    codes. The weights grow faster than any sum of earlier ones, so a code compares like a binary
+    number whose bit k says "on the A side of split k": that is what we sort by. Label ids matter
+    to evaluation: Hungarian ties break by the order of the histogram's columns.
+
+    Args:
+        children: per node, in pre-order with A children first (node 0 the root): its
+            (A child, B child), or () for a leaf.
+    Returns:
+        The leaf node ids; position = label.
+    """
+    code = [0] * len(children)
+    split = 0
+    for node, kids in enumerate(children):  # pre-order: a parent's code is set before its kids'
+        if kids:
+            a, b = kids
+            code[a] = code[node] | (1 << split)
+            code[b] = code[node]
+            split += 1
+    return sorted((n for n, kids in enumerate(children) if not kids), key=code.__getitem__)
+
+
+def build_hierarchy(parents: list[int | None], children: list[tuple[int, ...]],
+                    depths: list[int], sizes: list[int], ncuts: list[float | None],
+                    leaf_label: dict[int, int]) -> Hierarchy:
+    """A :class:`Hierarchy` from per-node lists (pre-order, A first) and the leaves' labels."""
+    leaves: list[tuple[int, ...]] = [()] * len(parents)
+    for node in range(len(parents) - 1, -1, -1):  # children have larger ids than parents
+        if children[node]:
+            a, b = children[node]
+            leaves[node] = tuple(sorted(leaves[a] + leaves[b]))
+        else:
+            leaves[node] = (leaf_label[node],)
+    return Hierarchy([
+        HierarchyNode(id=i, parent=parents[i], children=tuple(children[i]), depth=depths[i],
+                      size=sizes[i], ncut=ncuts[i], leaves=leaves[i])
+        for i in range(len(parents))
+    ])
+
+
 def recursive_ncut(
     weights: torch.Tensor,
     stop: StoppingRule | float = 0.5,
     *,
     mode: str = "fast",
+    sweep: str = "exact",
+    drop_zero_rows: bool = False,
     min_size: int = 1,
     max_depth: int | None = None,
     self_loops: bool = True,
@@ -242,16 +338,24 @@ def recursive_ncut(
         weights: (N, N) symmetric non-negative float affinity, any device.
         stop: a :data:`StoppingRule`, or a float tau meaning ``ConstantTau(tau)``.
         mode: "fast" or "reference" (see the module docstring).
+        sweep: the fast mode's threshold sweep, "exact" (every threshold) or "sampled"
+            (DiffCut's 100); the reference mode always samples.
+        drop_zero_rows: DiffCut's quirk in the fast mode (the reference mode always has it):
+            below the root, tokens whose affinity row holds an exact off-diagonal zero take no
+            part in any cut and follow the B side down to a leaf.
         min_size: smallest admissible segment in tokens (fast mode restricts the sweep; both modes
-            make nodes smaller than 2 * min_size leaves).
+            make nodes with fewer than 2 * min_size cut tokens leaves).
         max_depth: nodes at this depth are leaves (None: unlimited).
         self_loops: False zeroes the diagonal of ``weights`` first.
         solver: Fiedler solver for the fast mode (see :func:`fiedler_vector`).
     Returns:
-        :class:`CutResult` with per-token leaf labels and the hierarchy.
+        :class:`CutResult` with per-token leaf labels (in DiffCut's order,
+        :func:`diffcut_leaf_order`) and the hierarchy.
     """
     if mode not in MODES:
         raise ValueError(f"unknown cut mode {mode!r}; choose from {MODES}")
+    if sweep not in SWEEPS:
+        raise ValueError(f"unknown threshold sweep {sweep!r}; choose from {SWEEPS}")
     if weights.ndim != 2 or weights.shape[0] != weights.shape[1]:
         raise ValueError(f"weights must be square (N, N), got {tuple(weights.shape)}")
     if not torch.is_floating_point(weights):
@@ -263,89 +367,93 @@ def recursive_ncut(
     n_total = w.shape[0]
     device = w.device
 
-    has_zero = None
-    if mode == "reference":
+    dropped = None
+    if mode == "reference" or drop_zero_rows:
+        # Which tokens leave the cut below the root (the diagonal does not count, so that
+        # self_loops=False keeps its meaning). Computed once: in DiffCut's code a token's row keeps
+        # its natural zeros at every depth, while masking only zeroes pairs of tokens that are both
+        # outside the node.
         off_diagonal_zero = w == 0
         off_diagonal_zero.fill_diagonal_(False)
-        has_zero = off_diagonal_zero.any(dim=1)
+        dropped = off_diagonal_zero.any(dim=1)
+        if not bool(dropped.any()):
+            dropped = None
 
-    labels = torch.full((n_total,), -1, dtype=torch.int64, device=device)
     parents: list[int | None] = []
-    children: list[list[int]] = []
+    children: list[tuple[int, ...]] = []
     depths: list[int] = []
     sizes: list[int] = []
     ncuts: list[float | None] = []
-    leaf_label: dict[int, int] = {}
+    members: dict[int, list[torch.Tensor]] = {}  # leaf node -> its token index tensors
     root_ncut: float | None = None
 
-    # Depth-first, A side before B side; node ids in pre-order (root 0).
+    # Depth-first, A side before B side; node ids in pre-order (root 0). A stack entry is
+    # (tokens that take part in the cut, their affinity block or None, depth, parent, tokens
+    # carried along to the B-most leaf by the zero-row quirk).
     # Fast mode hands each child its block of the parent's sorted affinity (a prefix or suffix
     # of the Fiedler order), so no node gathers from the full matrix.
-    stack: list[tuple[torch.Tensor, torch.Tensor | None, int, int | None]] = [
-        (torch.arange(n_total, device=device), w, 0, None)
+    empty = torch.empty(0, dtype=torch.int64, device=device)
+    stack: list[tuple[torch.Tensor, torch.Tensor | None, int, int | None, torch.Tensor]] = [
+        (torch.arange(n_total, device=device), w, 0, None, empty)
     ]
     while stack:
-        idx, sub, depth, parent = stack.pop()
+        idx, sub, depth, parent, carried = stack.pop()
         node = len(parents)
         parents.append(parent)
-        children.append([])
+        children.append(())
         depths.append(depth)
-        sizes.append(int(idx.numel()))
+        sizes.append(int(idx.numel() + carried.numel()))
         if parent is not None:
-            children[parent].append(node)
+            children[parent] += (node,)
 
         split = children_blocks = None
         too_small = idx.numel() < max(2, 2 * min_size)
         if not too_small and (max_depth is None or depth < max_depth):
             if mode == "fast":
-                split, children_blocks = _split_fast(sub, depth, min_size, solver, root_ncut)
+                split, children_blocks = _split_fast(sub, depth, min_size, solver, root_ncut,
+                                                     sweep)
             else:
-                split = _split_reference(w, idx, depth, has_zero, root_ncut)
+                split = _split_reference(w, idx, depth, root_ncut)
         ncuts.append(None if split is None else split.ncut)
         if split is not None and root_ncut is None:
             root_ncut = split.ncut
         if split is not None and rule(split):
             if children_blocks is None:  # reference mode: children gather from w themselves
-                stack.append((idx[~split.mask], None, depth + 1, node))
-                stack.append((idx[split.mask], None, depth + 1, node))
+                kids = [(idx[split.mask], None), (idx[~split.mask], None)]
             else:  # fast mode: children in Fiedler order, with their blocks of the sorted matrix
                 order_a, order_b, block_a, block_b = children_blocks
-                stack.append((idx[order_b], block_b, depth + 1, node))
-                stack.append((idx[order_a], block_a, depth + 1, node))
+                kids = [(idx[order_a], block_a), (idx[order_b], block_b)]
+            carry = [empty, carried]  # the B side takes what this node carries
+            if depth == 0 and dropped is not None:  # below the root the quirk starts
+                for k, (kid_idx, block) in enumerate(kids):
+                    gone = dropped[kid_idx]
+                    if bool(gone.any()):
+                        keep = ~gone
+                        if block is not None:
+                            block = block[keep][:, keep]
+                        kids[k] = (kid_idx[keep], block)
+                        carry[k] = torch.cat([carry[k], kid_idx[gone]])
+            stack.append((*kids[1], depth + 1, node, carry[1]))
+            stack.append((*kids[0], depth + 1, node, carry[0]))
         else:
-            leaf_label[node] = len(leaf_label)
-            labels[idx] = leaf_label[node]
+            members[node] = [idx, carried]
 
-    leaves: list[tuple[int, ...]] = [()] * len(parents)
-    for node in range(len(parents) - 1, -1, -1):  # children have larger ids than parents
-        if node in leaf_label:
-            leaves[node] = (leaf_label[node],)
-        else:
-            leaves[node] = tuple(sorted(leaves[children[node][0]] + leaves[children[node][1]]))
-    hierarchy = Hierarchy(
-        [
-            HierarchyNode(
-                id=i,
-                parent=parents[i],
-                children=tuple(children[i]),
-                depth=depths[i],
-                size=sizes[i],
-                ncut=ncuts[i],
-                leaves=leaves[i],
-            )
-            for i in range(len(parents))
-        ]
-    )
+    leaf_label = {node: k for k, node in enumerate(diffcut_leaf_order(children))}
+    labels = torch.full((n_total,), -1, dtype=torch.int64, device=device)
+    for node, parts in members.items():
+        for part in parts:
+            labels[part] = leaf_label[node]
+    hierarchy = build_hierarchy(parents, children, depths, sizes, ncuts, leaf_label)
     return CutResult(labels=labels, hierarchy=hierarchy)
 
 
-def _split_fast(sub, depth, min_size, solver, root_ncut):
+def _split_fast(sub, depth, min_size, solver, root_ncut, sweep="exact"):
     """Best bipartition of a node whose affinity block is ``sub``: (candidate, child blocks)."""
     degrees = sub.sum(dim=1)
     vector, eigenvalue = fiedler_vector(sub, degrees, solver=solver)
     order = torch.argsort(vector, descending=True, stable=True)
     wp = sub.index_select(0, order).index_select(1, order)
-    size, ncut, sweep = _sorted_sweep(wp, vector[order], min_size)
+    size, ncut, values = _sorted_sweep(wp, vector[order], min_size, sweep)
     if size is None:
         return None, None
     mask = torch.zeros(sub.shape[0], dtype=torch.bool, device=sub.device)
@@ -355,7 +463,7 @@ def _split_fast(sub, depth, min_size, solver, root_ncut):
         depth=depth,
         size=int(sub.shape[0]),
         eigenvalue=eigenvalue,
-        sweep=sweep,
+        sweep=values,
         root_ncut=ncut if root_ncut is None else root_ncut,
         mask=mask,
     )
@@ -363,21 +471,14 @@ def _split_fast(sub, depth, min_size, solver, root_ncut):
     return candidate, (order[:size], order[size:], wp[:size, :size], wp[size:, size:])
 
 
-def _split_reference(w, idx, depth, has_zero, root_ncut) -> SplitCandidate | None:
-    keep = torch.ones(idx.numel(), dtype=torch.bool, device=w.device)
-    if depth > 0:
-        keep = ~has_zero[idx]
-    kept = idx[keep]
-    if kept.numel() <= 1:
-        return None
-    sub = w[kept][:, kept]
+def _split_reference(w, idx, depth, root_ncut) -> SplitCandidate | None:
+    """The official split of the node whose cut tokens are ``idx`` (dropped tokens already left
+    out by the caller)."""
+    sub = w[idx][:, idx]
     vector = reference_fiedler(sub)
-    mask_kept, ncut, sweep = sampled_sweep(sub, vector)
-    if mask_kept is None:
+    mask, ncut, sweep = sampled_sweep(sub, vector)
+    if mask is None:
         return None
-    # Tokens left out of the eigenproblem go to the B side, as in the official code.
-    mask = torch.zeros(idx.numel(), dtype=torch.bool, device=w.device)
-    mask[torch.nonzero(keep).squeeze(1)[mask_kept]] = True
     return SplitCandidate(
         ncut=ncut,
         depth=depth,

@@ -60,8 +60,15 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from diffuseg.graph.ncut import ConstantTau, CutResult, SplitCandidate, StoppingRule, recursive_ncut
-from diffuseg.types import Hierarchy, HierarchyNode
+from diffuseg.graph.ncut import (
+    ConstantTau,
+    CutResult,
+    SplitCandidate,
+    StoppingRule,
+    build_hierarchy,
+    diffcut_leaf_order,
+    recursive_ncut,
+)
 
 # --------------------------------------------------------------------------------------------
 # per-candidate rules
@@ -220,8 +227,8 @@ def prune_cut(cut: CutResult, tau: float) -> CutResult:
     """Cut an explored hierarchy at ``tau``: what :class:`ConstantTau` (tau) would have given.
 
     From the root down, a node is split when it was split in ``cut`` and its NCut < tau;
-    otherwise it becomes a leaf. Leaves are relabelled 0..K-1 in depth-first order (A side
-    first), nodes renumbered in pre-order, as :func:`recursive_ncut` does.
+    otherwise it becomes a leaf. Nodes are renumbered in pre-order and leaves labelled in
+    DiffCut's order, as :func:`recursive_ncut` does.
 
     Args:
         cut: the explored :class:`CutResult`.
@@ -241,32 +248,22 @@ def prune_cut(cut: CutResult, tau: float) -> CutResult:
         if split[node]:
             stack.extend(reversed(n.children))  # A side first
     new_id = {o: i for i, o in enumerate(keep)}
-    leaf_ids = [o for o in keep if not split[o]]  # pre-order = depth-first, A first
-    new_label = {o: i for i, o in enumerate(leaf_ids)}
+    children = [tuple(new_id[c] for c in old[o].children) if split[o] else () for o in keep]
+    leaf_label = {node: k for k, node in enumerate(diffcut_leaf_order(children))}
     remap = torch.empty(max(max(n.leaves) for n in old) + 1, dtype=torch.int64)
-    for o in leaf_ids:
-        remap[list(old[o].leaves)] = new_label[o]
-    leaves: dict[int, tuple[int, ...]] = {}
-    for o in reversed(keep):  # children before parents
-        if split[o]:
-            a, b = old[o].children
-            leaves[o] = tuple(sorted(leaves[a] + leaves[b]))
-        else:
-            leaves[o] = (new_label[o],)
-    nodes = [
-        HierarchyNode(
-            id=new_id[o],
-            parent=None if old[o].parent is None else new_id[old[o].parent],
-            children=tuple(new_id[c] for c in old[o].children) if split[o] else (),
-            depth=old[o].depth,
-            size=old[o].size,
-            ncut=old[o].ncut,
-            leaves=leaves[o],
-        )
-        for o in keep
-    ]
+    for o in keep:
+        if not split[o]:
+            remap[list(old[o].leaves)] = leaf_label[new_id[o]]
+    hierarchy = build_hierarchy(
+        parents=[None if old[o].parent is None else new_id[old[o].parent] for o in keep],
+        children=children,
+        depths=[old[o].depth for o in keep],
+        sizes=[old[o].size for o in keep],
+        ncuts=[old[o].ncut for o in keep],
+        leaf_label=leaf_label,
+    )
     labels = remap.to(cut.labels.device)[cut.labels]
-    return CutResult(labels=labels, hierarchy=Hierarchy(nodes))
+    return CutResult(labels=labels, hierarchy=hierarchy)
 
 
 @dataclass
@@ -283,6 +280,8 @@ def cut_with_rule(
     rule: StoppingRule | TreeRule | float,
     *,
     mode: str = "fast",
+    sweep: str = "exact",
+    drop_zero_rows: bool = False,
     min_size: int = 1,
     max_depth: int | None = None,
     self_loops: bool = True,
@@ -291,8 +290,8 @@ def cut_with_rule(
     """Recursive normalized cut with any rule: per-candidate rules go straight to
     :func:`recursive_ncut`; a :class:`TreeRule` explores (depth limited by both ``max_depth``
     and its ``explore_depth``), picks tau and prunes. Arguments as :func:`recursive_ncut`."""
-    kwargs: dict[str, Any] = dict(mode=mode, min_size=min_size, self_loops=self_loops,
-                                  solver=solver)
+    kwargs: dict[str, Any] = dict(mode=mode, sweep=sweep, drop_zero_rows=drop_zero_rows,
+                                  min_size=min_size, self_loops=self_loops, solver=solver)
     if not isinstance(rule, TreeRule):
         return RuleCut(recursive_ncut(weights, rule, max_depth=max_depth, **kwargs), None)
     depths = [d for d in (max_depth, rule.explore_depth) if d is not None]

@@ -33,7 +33,15 @@ class DiffCutConfig:
     Attributes:
         tau: accept a split when its NCut < tau (SSD-1B 0.5, SD 1.x 0.2).
         alpha: affinity exponent.
-        mode: "fast" (Lanczos + exact sweep) or "reference" (the official cut).
+        mode: "fast" (our engine: Lanczos, prefix-sum sweeps) or "reference" (the official
+            cut step by step: dense eigh, thresholds scored one by one, its zero-row quirk).
+        sweep: "sampled" (default: DiffCut's 100 thresholds on [0.99 min v, 0.99 max v], so the
+            leaves are the published method's) or "exact" (every threshold: ours, documented
+            improvement); the reference mode always samples.
+        drop_zero_rows: DiffCut's code's quirk (default, as published): below the root, tokens
+            whose affinity row holds an exact zero (the least similar pair after min-max, and
+            entries that underflow after the power) take no part in any cut and follow the B
+            side down to a leaf. False cuts every token (ours); the reference mode always drops.
         self_loops: keep the affinity diagonal (the official code does).
         min_size: smallest segment in tokens.
         max_depth: depth limit of the recursion (None: unlimited).
@@ -47,6 +55,8 @@ class DiffCutConfig:
     tau: float = 0.5
     alpha: float = 10.0
     mode: str = "fast"
+    sweep: str = "sampled"
+    drop_zero_rows: bool = True
     self_loops: bool = True
     min_size: int = 1
     max_depth: int | None = None
@@ -69,6 +79,8 @@ def diffcut_tokens(features: torch.Tensor, config: DiffCutConfig) -> CutResult:
         weights,
         config.tau,
         mode=config.mode,
+        sweep=config.sweep,
+        drop_zero_rows=config.drop_zero_rows,
         min_size=config.min_size,
         max_depth=config.max_depth,
         self_loops=config.self_loops,

@@ -105,6 +105,8 @@ class DWCConfig:
         self_loops: keep the graph's diagonal (a walker staying put). False cuts the walk
             conditioned on moving.
         mode, solver: cut mode ("fast" | "reference") and Fiedler solver (see graph/ncut.py).
+        sweep: threshold sweep of the fast mode, "exact" (every threshold; ours, the default:
+            DWC has no official code) or "sampled" (DiffCut's 100 thresholds).
         teleport: restart probability for a reducible chain (graph/walk.py; unused otherwise).
         weights: aggregation weight per attention grid, finest first; None = by resolution.
         refine, refine_iterations, refine_dilations, median: PAMR + median filter, as DiffCut.
@@ -122,6 +124,7 @@ class DWCConfig:
     max_depth: int | None = None
     self_loops: bool = False
     mode: str = "fast"
+    sweep: str = "exact"
     solver: str = "auto"
     teleport: float = TELEPORT
     weights: tuple[float, ...] | None = None
@@ -216,6 +219,7 @@ def dwc_walk_and_cut(
         weights,
         config.stopping_rule(),
         mode=config.mode,
+        sweep=config.sweep,
         min_size=config.min_size,
         max_depth=config.max_depth,
         self_loops=config.self_loops,

@@ -9,10 +9,12 @@ from diffuseg.graph.eigen import fiedler_vector
 from diffuseg.graph.ncut import (
     ConstantTau,
     SplitCandidate,
+    diffcut_leaf_order,
     exact_sweep,
     ncut_value,
     recursive_ncut,
     sampled_sweep,
+    sampled_thresholds,
 )
 
 from planted import adjusted_rand_index, planted_features, planted_labels
@@ -61,6 +63,102 @@ def test_sampled_sweep_matches_the_definition():
     mask, value, sweep = sampled_sweep(w, v)
     assert sweep.shape == (100,)
     assert value == pytest.approx(ncut_value(w, mask), rel=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_sampled_sweep_from_prefix_sums_equals_scoring_each_threshold(seed):
+    """The fast sampled sweep reads DiffCut's 100 thresholds off the prefix sums: same values
+    (inf where the official code has NaN, a one-sided threshold), same chosen split."""
+    w = random_graph(50, seed, density=0.4)
+    v, _ = fiedler_vector(w, w.sum(1), solver="dense")
+    fast_mask, fast_value, fast_values = exact_sweep(w, v, sweep="sampled")
+    ref_mask, ref_value, ref_values = sampled_sweep(w, v)
+    assert fast_values.shape == ref_values.shape == (100,)
+    one_sided = torch.isnan(ref_values)
+    assert torch.isinf(fast_values[one_sided]).all()
+    torch.testing.assert_close(fast_values[~one_sided], ref_values[~one_sided], rtol=1e-9,
+                               atol=1e-12)
+    assert torch.equal(fast_mask, ref_mask) and fast_value == pytest.approx(ref_value, rel=1e-9)
+    thresholds = sampled_thresholds(v)
+    assert thresholds[0] == pytest.approx(0.99 * float(v.min()))
+    assert thresholds[-1] == pytest.approx(0.99 * float(v.max()))
+
+
+def test_reference_sweep_keeps_the_official_nan_rule():
+    """DiffCut scores a one-sided threshold NaN and takes Python's min over the list: an
+    all-positive Fiedler vector (its first threshold keeps every token) gives no split. The fast
+    sweep skips one-sided thresholds instead (documented)."""
+    w = random_graph(20, 3)
+    v = torch.linspace(1.0, 2.0, 20, dtype=torch.float64)
+    mask, value, values = sampled_sweep(w, v)
+    assert mask is None and value == float("inf") and bool(torch.isnan(values[0]))
+    fast_mask, fast_value, _ = exact_sweep(w, v, sweep="sampled")
+    assert fast_mask is not None and fast_value == pytest.approx(ncut_value(w, fast_mask))
+
+
+def official_label_codes(children: list[tuple[int, ...]], leaf_tokens: dict[int, list[int]],
+                         n_tokens: int) -> np.ndarray:
+    """DiffCut's ``assemble_clusters`` arithmetic, literally: the accepted splits' A-side masks
+    in the order the recursion appends them (pre-order, A first), ``mask += max_value * A``,
+    ``max_value = mask.max() + 1``, labels = ranks of the distinct codes."""
+    def tokens(node):
+        if not children[node]:
+            return leaf_tokens[node]
+        return [t for c in children[node] for t in tokens(c)]
+
+    mask = np.zeros(n_tokens)
+    max_value = 1
+    for node, kids in enumerate(children):
+        if kids:
+            a_side = np.zeros(n_tokens)
+            a_side[tokens(kids[0])] = 1
+            mask += max_value * a_side
+            max_value = mask.max() + 1
+    return np.unique(mask, return_inverse=True)[1]
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_leaf_order_is_diffcuts_label_arithmetic(seed):
+    rng = np.random.default_rng(seed)
+    # a random binary tree in pre-order, A child first
+    children: list[tuple[int, ...]] = []
+
+    def grow(depth):
+        node = len(children)
+        children.append(())
+        if depth < 6 and rng.random() < 0.7:
+            a = grow(depth + 1)
+            b = grow(depth + 1)
+            children[node] = (a, b)
+        return node
+
+    grow(0)
+    leaves = [n for n, kids in enumerate(children) if not kids]
+    leaf_tokens, start = {}, 0
+    for n in leaves:
+        size = int(rng.integers(1, 4))
+        leaf_tokens[n] = list(range(start, start + size))
+        start += size
+    official = official_label_codes(children, leaf_tokens, start)
+    ours = np.empty(start, dtype=np.int64)
+    for label, node in enumerate(diffcut_leaf_order(children)):
+        ours[leaf_tokens[node]] = label
+    np.testing.assert_array_equal(ours, official)
+
+
+def test_cut_labels_follow_diffcuts_order_and_the_hierarchy():
+    labels = planted_labels(32, 32, 6, seed=4)
+    w = cosine_affinity(planted_features(labels, noise=0.05, dim=64), alpha=10)
+    result = recursive_ncut(w, 0.5)
+    children = [n.children for n in result.hierarchy.nodes]
+    order = diffcut_leaf_order(children)
+    for label, node in enumerate(order):
+        assert result.hierarchy.nodes[node].leaves == (label,)
+    # the root's B side (never on an A side) is label 0, as in DiffCut's code
+    b_most = 0
+    while children[b_most]:
+        b_most = children[b_most][1]
+    assert order[0] == b_most
 
 
 def test_exact_sweep_respects_ties_and_min_size():
@@ -152,6 +250,59 @@ def test_reference_mode_agrees_with_fast_mode_except_on_the_tokens_it_drops():
     assert 0 < int(dropped.sum()) < 40
     kept = ~dropped
     assert adjusted_rand_index(fast.labels[kept], reference.labels[kept]) == 1.0
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("noise", [0.1, 0.2, 0.3])
+def test_diffcut_default_cut_equals_the_reference_mode(seed, noise):
+    """Lanczos + the sampled sweep from prefix sums + the zero-row quirk (DiffCut's default)
+    gives the official leaves, labels included, token for token."""
+    labels = planted_labels(32, 32, 5, seed=seed)
+    w = cosine_affinity(planted_features(labels, noise=noise, dim=64), alpha=10)
+    fast = recursive_ncut(w, 0.5, sweep="sampled", drop_zero_rows=True, self_loops=False)
+    reference = recursive_ncut(w, 0.5, mode="reference", self_loops=False)
+    assert fast.num_segments == reference.num_segments == 5
+    assert torch.equal(fast.labels, reference.labels)
+    assert [n.size for n in fast.hierarchy.nodes] == [n.size for n in reference.hierarchy.nodes]
+
+
+def test_near_degenerate_spectra_leave_the_fiedler_vector_to_the_solver():
+    """Five nearly disconnected regions (noise 0.05): the five smallest eigenvalues of L_sym lie
+    within 1e-5, so which combination of them comes back as the Fiedler vector depends on the
+    solver (dense eigh and Lanczos pick different first splits here, as a GPU eigh might). The
+    leaves are the same regions; only their order and where the quirk's dropped tokens land
+    differ."""
+    labels = planted_labels(32, 32, 5, seed=2)
+    w = cosine_affinity(planted_features(labels, noise=0.05, dim=64), alpha=10)
+    fast = recursive_ncut(w, 0.5, sweep="sampled", drop_zero_rows=True, self_loops=False)
+    reference = recursive_ncut(w, 0.5, mode="reference", self_loops=False)
+    dropped = (w.clone().fill_diagonal_(1.0) == 0).any(dim=1)
+    assert fast.num_segments == reference.num_segments == 5
+    assert adjusted_rand_index(fast.labels[~dropped], reference.labels[~dropped]) == 1.0
+    assert not torch.equal(fast.labels, reference.labels)
+
+
+def test_zero_row_quirk_in_the_fast_mode():
+    """drop_zero_rows: below the root, tokens with an exact zero in their row follow the B side
+    to a leaf; without it every token is cut."""
+    labels = planted_labels(32, 32, 5, seed=1)
+    w = cosine_affinity(planted_features(labels, noise=0.05, dim=64), alpha=10)
+    dropped = (w.clone().fill_diagonal_(1.0) == 0).any(dim=1)
+    plain = recursive_ncut(w, 0.5, sweep="sampled")
+    quirk = recursive_ncut(w, 0.5, sweep="sampled", drop_zero_rows=True)
+    assert adjusted_rand_index(labels, plain.labels) == 1.0
+    assert adjusted_rand_index(labels[~dropped.numpy().reshape(32, 32)],
+                               quirk.labels[~dropped]) == 1.0
+    # each dropped token sits in the leaf reached from its root side by always taking B
+    nodes = quirk.hierarchy.nodes
+    for side in nodes[0].children:
+        node = side
+        while nodes[node].children:
+            node = nodes[node].children[1]
+        (leaf,) = nodes[node].leaves
+        in_side = torch.tensor([int(x) in nodes[side].leaves for x in quirk.labels])
+        assert bool((quirk.labels[dropped & in_side] == leaf).all())
+    assert sum(n.size for n in nodes if n.is_leaf) == 1024
 
 
 def test_reference_mode_survives_hundreds_of_leaves():

