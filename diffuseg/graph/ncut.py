@@ -33,6 +33,16 @@ Two modes:
   to labels one to one (its label-code arithmetic overflows when a cut shatters into hundreds of
   leaves) and an eigensolver failure falls back instead of crashing.
 
+DiffCut's zero-row quirk is a setting of its own (``drop_zero_rows``; always on in the reference
+mode): the fast mode reproduces it by leaving those tokens out of every cut below the root and
+carrying them down the B side, so that DiffCut's default (fast solver, sampled sweep, quirk)
+gives the reference mode's leaves token for token (tests/graph/test_ncut.py, and the real ARC2017
+features in tests/methods/test_diffcut.py), except where the spectrum is nearly degenerate and
+the solvers legitimately return different Fiedler vectors.
+
+Leaves are labelled in DiffCut's order (:func:`diffcut_leaf_order`), not depth-first: the label
+ids are the columns of the evaluation's confusion histogram, and Hungarian ties break by them.
+
 Self-loops: with alpha = 10 the diagonal of a min-max cosine affinity is 1 while off-diagonal
 entries are raised towards 0, so with noisy features a token's own weight dominates its degree and
 isolated tokens look like cheap cuts: the recursion shatters into single tokens.
