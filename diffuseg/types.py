@@ -284,8 +284,18 @@ class Segmentation:
         """
         if self.hierarchy is None:
             raise ValueError("this segmentation has no hierarchy (not a cut-based method)")
-        leaf_of_label = np.array([s.get("leaf", s["label"]) for s in self.segments])
-        return self.hierarchy.labels_at_depth(leaf_of_label[self.labels], depth)
+        return self.hierarchy.labels_at_depth(self.method_labels, depth)
+
+    @property
+    def method_labels(self) -> np.ndarray:
+        """(H, W) int64: each pixel's id as the method made it, before labels were made
+        consecutive (a cut's leaf id, DiffSeg's proposal index): ``labels`` mapped through each
+        record's ``"leaf"``. Ids of segments that never won a pixel are absent. Evaluation scores
+        these raw ids, as the official code does (they decide Hungarian ties)."""
+        leaf_of_label = np.zeros(int(self.labels.max()) + 1 if self.labels.size else 0, np.int64)
+        for s in self.segments:
+            leaf_of_label[s["label"]] = s.get("leaf", s["label"])
+        return leaf_of_label[self.labels]
 
     @property
     def names(self) -> dict[int, str]:

@@ -78,6 +78,9 @@ def run(
              "(default 300)")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ...")] = None,
     dtype: Annotated[str | None, typer.Option(help="float32, bfloat16, float16")] = None,
+    save_predictions: Annotated[bool, typer.Option(
+        "--save-predictions", help="per image, the method's raw prediction and the scored one "
+        "as label PNGs under --out/predictions/ (rescore with any tool)")] = False,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ) -> None:
     """Evaluate METHOD on DATASET; writes records, results.json and results.md to --out."""
@@ -118,7 +121,8 @@ def run(
     from diffuseg.backbones.registry import WeightsNotFoundError
 
     try:
-        result = evaluate(settings, out, encodings=encodings, resume=resume, progress=progress)
+        result = evaluate(settings, out, encodings=encodings, resume=resume, progress=progress,
+                          save_predictions=save_predictions)
     except (ValueError, WeightsNotFoundError) as exc:
         _fail(str(exc))
     from diffuseg.eval.runner import results_markdown

@@ -65,7 +65,8 @@ from diffuseg.eval.matching import (
     Scores,
     cluster_histogram,
     dataset_scores,
-    image_scores,
+    merge_background,
+    official_scores,
 )
 from diffuseg.eval.openvocab import class_counts, class_iou, counts_jaccard, open_vocab_prompts
 from diffuseg.io import write_json
@@ -107,10 +108,13 @@ def center_square(array: np.ndarray) -> np.ndarray:
 
 def diffcut_code_preprocess(image: np.ndarray, label: np.ndarray,
                             protocol: Protocol) -> tuple[np.ndarray, np.ndarray]:
-    """Preprocessing exactly as DiffCut's ``DataIterator`` (``dataloader/iterator.py``): centre
-    crop of side min(H, W) - 1 placed as torchvision's ``CenterCrop`` (``round((H - c) / 2)``),
-    image resized bilinearly *without* antialiasing (its ``Resize(antialias=None)`` on tensors),
-    label with ``nearest-exact``. Returns what :func:`preprocess` returns."""
+    """Preprocessing exactly as DiffCut's evaluation: its ``DataIterator``
+    (``dataloader/iterator.py``) crops the centre square of side min(H, W) - 1 placed as
+    torchvision's ``CenterCrop`` (``round((H - c) / 2)``) and resizes the image bilinearly
+    *without* antialiasing (``Resize(antialias=None)`` on tensors) and the label with
+    ``nearest-exact`` to the input size; ``eval_diffcut.py`` then brings the label to the score
+    size with a plain ``F.interpolate`` (mode ``nearest``). Returns what :func:`preprocess`
+    returns."""
     import torch
     import torch.nn.functional as F
 
@@ -125,7 +129,8 @@ def diffcut_code_preprocess(image: np.ndarray, label: np.ndarray,
     s_in, s_sc = protocol.input_size, protocol.score_size
     x = F.interpolate(x, size=(s_in, s_in), mode="bilinear", align_corners=False, antialias=False)
     out = (x[0].permute(1, 2, 0).clamp(0, 1) * 255.0).round().to(torch.uint8).numpy()
-    y = F.interpolate(lab[None, None].to(torch.float64), size=(s_sc, s_sc), mode="nearest-exact")
+    y = F.interpolate(lab[None, None].to(torch.float64), size=(s_in, s_in), mode="nearest-exact")
+    y = F.interpolate(y, size=(s_sc, s_sc), mode="nearest")
     return np.array(out, order="C"), y[0, 0].to(torch.int64).numpy()
 
 
@@ -360,6 +365,7 @@ def evaluate(
     on_record: Callable[[int, dict], None] | None = None,
     dataset: SegDataset | None = None,
     clip: Any = None,
+    save_predictions: bool = False,
 ) -> dict[str, Any]:
     """Evaluate ``settings`` and write the results to ``out_dir``.
 
@@ -375,6 +381,9 @@ def evaluate(
         clip: for ``settings.open_vocab``, an object with ``dense(image, size)``,
             ``head(pooled)`` and ``encode_text(prompts)`` (the ``load_clip`` API) used instead
             of loading ``settings.clip`` (tests inject one). Loaded only if an image remains.
+        save_predictions: write, per image, the method's raw prediction and the one that was
+            scored as label PNGs (:class:`PredictionWriter`), before its record; on resume,
+            images recorded without them get them (their records are kept).
     Returns:
         The result dict (also written as results.json / results.md by rank 0): ``miou`` and
         ``pixel_accuracy`` in [0, 1], ``per_class_iou``, ``counts``, ``num_images``, the
@@ -444,7 +453,11 @@ def evaluate(
         if bad:
             raise ValueError(f"record {bad[0]} has no open-vocabulary counts (a run without "
                              "open_vocab): choose a new --out")
-    todo = [i for i in mine if i not in records]
+    predictions = PredictionWriter(out_dir) if save_predictions else None
+    # images recorded by a run that saved no predictions get them now (their records stay)
+    redo = {i for i in mine if i in records and predictions is not None
+            and not predictions.has(records[i]["id"])}
+    todo = [i for i in mine if i not in records or i in redo]
 
     running = _accumulate([records[i] for i in mine if i in records], ds.num_classes, settings)
     ov_running = [records[i]["ov"]["jaccard"] for i in mine if i in records
@@ -452,7 +465,7 @@ def evaluate(
     namer = _ClipNamer(settings, prompts, ds, protocol, clip) if settings.open_vocab else None
     if namer is not None and todo:
         namer.load()  # before any image: missing weights fail at once
-    bar = _progress(len(mine), len(mine) - len(todo), progress, rank, settings)
+    bar = _progress(len(mine), len(mine) - len(todo) + len(redo), progress, rank, settings)
     writer = RecordWriter(own_path)
     needs = sorted(segmenter.spec.needs & {"features", "attention"})
     cache = None
@@ -473,13 +486,24 @@ def evaluate(
             encs = _encodings(segmenter, samples, needs, cache, protocol, expected,
                               settings.batch_size)
             for (i, image_id, img, lab), enc in zip(samples, encs, strict=True):
-                seg = segmenter.segment(enc, output_size=(protocol.score_size,) * 2)
+                config = segmenter.config(enc)
+                refine = bool(getattr(config, "refine", False))
+                # the method's labels unrefined: the runner refines after the background merge
+                seg = segmenter.segment(enc, output_size=(protocol.score_size,) * 2,
+                                        **({"refine": False} if refine else {}))
                 if rank == 0 and not method_config_path.is_file():
-                    write_json(method_config_path, seg.config)
-                rec = _score(i, image_id, lab, seg.labels, ds, settings)
+                    write_json(method_config_path, {**seg.config, **(
+                        {"refine": True} if refine else {})})
+                scored = score_image(img, lab, seg.method_labels, ds, settings,
+                                     config if refine else None)
+                rec = {"i": int(i), "id": image_id, **scored.record}
                 if namer is not None:
-                    rec["ov"] = namer.score(img, lab, seg.labels)
+                    rec["ov"] = namer.score(img, lab, scored.unmerged)
                     ov_running.append(rec["ov"]["jaccard"])
+                if predictions is not None:
+                    predictions.write(image_id, scored)
+                if i in redo:
+                    continue
                 writer.write(rec)
                 running.add(Scores.from_dict(rec))
                 bar.update(1)
@@ -607,17 +631,107 @@ def _encodings(segmenter, samples, needs, cache: Path | None, protocol: Protocol
     return out
 
 
-def _score(index: int, image_id: str, label: np.ndarray, pred: np.ndarray, ds: SegDataset,
-           settings: EvalSettings) -> dict:
-    rec: dict[str, Any] = {"i": int(index), "id": image_id,
-                           "segments": int(np.unique(pred).size)}
+#: The order in which one image is scored (the official evaluation's), as results record it.
+SCORING_ORDER = (
+    "method labels at the score size, unrefined, raw ids",
+    "many-to-one background merge (datasets with a background class)",
+    "refinement with the method's settings (PAMR + median filter), if on",
+    "final Hungarian matching over all classes, official histogram layout",
+)
+
+
+@dataclass
+class ScoredImage:
+    """One image scored as the official evaluation does.
+
+    Attributes:
+        raw: (s, s) int64, the method's prediction (raw ids, unrefined).
+        final: (s, s) int64, the prediction that was matched (background merged, then refined:
+            after refinement, ids are ranks of the merged ids, as PAMR's argmax gives them).
+        record: the image's record fields: "segments" (raw ids present), "tp", "fp", "fn", and
+            "hist" for dataset-level matching.
+        unmerged: (s, s) consecutive labels of the refined raw prediction (no merge): the
+            segments that open-vocabulary naming sees; None unless open vocabulary or
+            dataset-level matching needs it.
+    """
+
+    raw: np.ndarray
+    final: np.ndarray
+    record: dict[str, Any]
+    unmerged: np.ndarray | None
+
+
+class PredictionWriter:
+    """``--save-predictions``: per image, ``predictions/raw/<id>.png`` (the method's prediction:
+    raw ids, unrefined, before the background merge) and ``predictions/scored/<id>.png`` (the
+    prediction the final matching scored), as label PNGs (8-bit palette, 16-bit above 255 ids),
+    written atomically, so that any tool (the official scripts included) can rescore a run and
+    compare it image by image. File names are the image ids made file-safe."""
+
+    KINDS = ("raw", "scored")
+
+    def __init__(self, out_dir: Path) -> None:
+        self.folders = {k: Path(out_dir) / "predictions" / k for k in self.KINDS}
+        for folder in self.folders.values():
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def paths(self, image_id: str) -> dict[str, Path]:
+        return {k: f / f"{_slug(image_id)}.png" for k, f in self.folders.items()}
+
+    def has(self, image_id: str) -> bool:
+        return all(p.is_file() for p in self.paths(image_id).values())
+
+    def write(self, image_id: str, scored: ScoredImage) -> None:
+        from diffuseg.io import write_label_png
+
+        paths = self.paths(image_id)
+        write_label_png(paths["raw"], scored.raw)
+        write_label_png(paths["scored"], scored.final)
+
+
+def score_image(image: np.ndarray, label: np.ndarray, raw: np.ndarray, ds: SegDataset,
+                settings: EvalSettings, refine: Any = None) -> ScoredImage:
+    """Score one image in the official order (:data:`SCORING_ORDER`).
+
+    DiffCut's ``eval_diffcut.py`` merges the background segments *before* PAMR and scores the
+    refined map, whose ids are then PAMR's argmax indices over the merged ids present (ranks);
+    DiffSeg's benchmark has no refinement. The per-image counts always come from this order; for
+    dataset-level matching the refined prediction without the merge (cluster ids keep their
+    identity) also gives the record's histogram.
+
+    Args:
+        image: (S, S, 3) uint8, the protocol's input image (refinement resizes it, as DiffCut).
+        label: (s, s) our class ids at the score size.
+        raw: (s, s) the method's raw ids (:attr:`Segmentation.method_labels`).
+        ds: the dataset (classes, ignore value, background).
+        settings: the run's settings (matching, clusters).
+        refine: the method's config when refinement is on (its PAMR settings), else None.
+    """
+    from diffuseg.methods.common import refine_as_configured
+
+    raw = np.asarray(raw, dtype=np.int64)
     background = 0 if ds.has_background else None
-    # per-image Hungarian counts always (the running mIoU); the histogram for dataset matching
-    rec.update(image_scores(label, pred, ds.num_classes, ds.ignore_index, background).to_dict())
+    pred = raw
+    if background is not None:
+        pred = merge_background(label, pred, ds.num_classes, ds.ignore_index, background)
+    if refine is not None:
+        refined = np.asarray(refine_as_configured(image, pred, refine), dtype=np.int64)
+        pred = np.searchsorted(np.unique(pred), refined)
+    record: dict[str, Any] = {"segments": int(np.unique(raw).size)}
+    record.update(official_scores(label, pred, ds.num_classes, ds.ignore_index,
+                                  background).to_dict())
+    unmerged = None
+    if settings.matching == "dataset" or settings.open_vocab:
+        unmerged = raw
+        if refine is not None:  # without a merge, the refined map is already the unmerged one
+            unmerged = refined if background is None else np.asarray(
+                refine_as_configured(image, raw, refine), dtype=np.int64)
     if settings.matching == "dataset":
-        rec["hist"] = cluster_histogram(label, pred, ds.num_classes, int(settings.num_clusters),
-                                        ds.ignore_index).tolist()
-    return rec
+        record["hist"] = cluster_histogram(label, unmerged, ds.num_classes,
+                                           int(settings.num_clusters), ds.ignore_index).tolist()
+    if unmerged is not None:
+        unmerged = np.unique(unmerged, return_inverse=True)[1].reshape(raw.shape)
+    return ScoredImage(raw=raw, final=pred, record=record, unmerged=unmerged)
 
 
 #: CLIP input size relative to the protocol's input: DiffCut upsamples COCO-Object images to
@@ -750,6 +864,11 @@ def _result(settings: EvalSettings, ds: SegDataset, protocol: Protocol, scores: 
         "input_size": [protocol.input_size] * 2,
         "score_resolution": [protocol.score_size] * 2,
         "matching": matching,
+        "scoring": {
+            "order": list(SCORING_ORDER),
+            "layout": "official: histogram columns max(classes, pred.max() + 1) over raw ids, "
+                      "background last (DiffCut's eval_diffcut.py, DiffSeg's utils.py)",
+        },
         "num_images": n,
         "miou": scores.miou,
         "pixel_accuracy": scores.pixel_accuracy,

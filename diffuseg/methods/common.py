@@ -34,6 +34,24 @@ def working_size(output_size: tuple[int, int], max_side: int | None) -> tuple[in
     return max(1, round(h * scale)), max(1, round(w * scale))
 
 
+def refine_as_configured(image: Any, labels: Any, config: Any) -> Any:
+    """PAMR + median filter with a method config's ``refine_iterations``, ``refine_dilations``
+    and ``median`` (:func:`diffuseg.refine.refine_labels`: the image is resized to the labels as
+    DiffCut does, bilinear without antialiasing; ids are kept).
+
+    Args:
+        image: (H0, W0, 3) uint8 RGB (numpy or torch).
+        labels: (H, W) integer labels, numpy or torch.
+        config: a method config with the three refinement fields.
+    Returns:
+        (H, W) int32 labels, numpy or torch like ``labels``.
+    """
+    from diffuseg.refine import refine_labels
+
+    return refine_labels(image, labels, iterations=config.refine_iterations,
+                         dilations=config.refine_dilations, median=config.median)
+
+
 def finish(
     labels: torch.Tensor,
     encoding: Encoding,
@@ -59,16 +77,12 @@ def finish(
     """
     labels = labels.to("cpu")
     if getattr(config, "refine", False):
-        from diffuseg.refine import refine_labels
-
         if encoding.image is None:
             raise ValueError(
                 "refinement needs the image: this Encoding has none (encode with the image, "
                 "or pass refine=False)"
             )
-        # refine_labels resizes the image to the labels as DiffCut does (bilinear, no antialias)
-        labels = refine_labels(encoding.image, labels, iterations=config.refine_iterations,
-                               dilations=config.refine_dilations, median=config.median).long()
+        labels = refine_as_configured(encoding.image, labels, config).long()
     if tuple(labels.shape) != tuple(output_size):
         labels = F.interpolate(labels[None, None].float(), size=tuple(output_size),
                                mode="nearest")[0, 0].long()

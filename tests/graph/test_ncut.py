@@ -108,7 +108,7 @@ def official_label_codes(children: list[tuple[int, ...]], leaf_tokens: dict[int,
 
     mask = np.zeros(n_tokens)
     max_value = 1
-    for node, kids in enumerate(children):
+    for kids in children:
         if kids:
             a_side = np.zeros(n_tokens)
             a_side[tokens(kids[0])] = 1

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffuseg.eval.matching import hungarian_scores
+from diffuseg.eval.matching import image_scores
 from diffuseg.methods import get_method
 from diffuseg.methods.classic import ClassicNCutConfig, rgb_to_lab, run_classic
 from diffuseg.types import Encoding
@@ -29,7 +29,7 @@ def test_classic_ncut_on_the_voc_photo():
     classes = np.unique(gt)
     seg = run_classic(Encoding(image=data["rgb"]), ClassicNCutConfig())
     assert seg.labels.shape == gt.shape
-    scores = hungarian_scores(np.searchsorted(classes, gt), seg.labels, len(classes))
+    scores = image_scores(np.searchsorted(classes, gt), seg.labels, len(classes))
     assert seg.num_segments == 4
     assert scores.miou == pytest.approx(0.263, abs=0.005)
     assert scores.pixel_accuracy == pytest.approx(0.543, abs=0.005)

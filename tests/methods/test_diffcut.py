@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffuseg.eval.matching import hungarian_scores
+from diffuseg.eval.matching import image_scores
 from diffuseg.graph.affinity import cosine_affinity
 from diffuseg.methods import get_method
 from diffuseg.methods.assign import assign_concepts
@@ -109,7 +109,7 @@ def test_diffcut_on_real_resnet_features_of_a_real_photo():
     enc = Encoding(features=torch.from_numpy(data["res4"]).permute(2, 0, 1).float(),
                    image=data["rgb"])
     seg = run_diffcut(enc, DiffCutConfig(tau=0.3, alpha=5, self_loops=False, refine=False))
-    scores = hungarian_scores(gt, seg.labels, len(classes))
+    scores = image_scores(gt, seg.labels, len(classes))
     assert seg.num_segments == 26
     assert scores.miou == pytest.approx(0.373, abs=0.005)
 
