@@ -261,9 +261,11 @@ def encode_command(
     from diffuseg.methods import get_method
 
     needs = {"features", "attention"}
+    cuda_dtype = None
     if method is not None:
         try:
             needs = set(get_method(method).needs)
+            cuda_dtype = get_method(method).cuda_dtype
         except ValueError as exc:
             _error(str(exc))
             raise typer.Exit(2) from None
@@ -272,7 +274,7 @@ def encode_command(
         _error("no input images")
         raise typer.Exit(2)
     try:
-        model = load_backbone(backbone, device=device, dtype=dtype)
+        model = load_backbone(backbone, device=device, dtype=dtype, cuda_dtype=cuda_dtype)
     except (WeightsNotFoundError, ValueError) as exc:
         _error(str(exc))
         raise typer.Exit(2) from None

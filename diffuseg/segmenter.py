@@ -47,8 +47,9 @@ class Segmenter:
         method: a name from :func:`diffuseg.list_methods` ("diffcut", "diffseg", "ncut", ...).
         backbone: a preset name (:func:`diffuseg.list_backbones`) or a local model folder;
             default: the method's paper backbone. Loaded on first use only.
-        device, dtype: where and how the backbone runs (default: CUDA with half precision when
-            available, else CPU float32).
+        device, dtype: where and how the backbone runs (default: CUDA when available, in the
+            method's published precision: DiffCut fp16, DiffSeg / DWC / k-means fp32; else CPU
+            float32).
         size: long side (px) the image is resized to before encoding (default: the preset's).
         attention_timestep: timestep of the self-attention pass (default 300), or a list to
             average the attention over several timesteps (DWC's option).
@@ -112,7 +113,8 @@ class Segmenter:
                 raise ValueError(f"method {self.method!r} needs no backbone")
             from diffuseg.backbones import load_backbone
 
-            self._backbone = load_backbone(self.backbone_name, device=self.device, dtype=self.dtype)
+            self._backbone = load_backbone(self.backbone_name, device=self.device, dtype=self.dtype,
+                                           cuda_dtype=self.spec.cuda_dtype)
         return self._backbone
 
     @property

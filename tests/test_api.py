@@ -69,7 +69,9 @@ def test_segmenter_without_a_model_on_an_encoding(tmp_path):
     assert segmenter._backbone is None  # never loaded
     assert seg.config["tau"] == 0.2  # SD 1.x default, read from the Encoding's backbone
     assert seg.labels.shape == (64, 64)
-    assert adjusted_rand_index(labels, seg.token_labels) == 1.0
+    assert adjusted_rand_index(labels, seg.labels[::2, ::2]) == 1.0
+    # (the cut's token labels keep DiffCut's zero-row quirk: a few tokens on a B side)
+    assert 0.99 < adjusted_rand_index(labels, seg.token_labels) < 1.0
     # an Encoding saved to disk segments identically
     enc.save(tmp_path / "e.safetensors")
     again = segmenter.segment(Encoding.load(tmp_path / "e.safetensors"))

@@ -53,7 +53,8 @@ from diffuseg.backbones.registry import (
 )
 from diffuseg.types import Encoding
 
-__all__ = ["Backbone", "load_backbone", "resize_dims", "default_device", "default_dtype"]
+__all__ = ["Backbone", "load_backbone", "resize_dims", "default_device", "default_dtype",
+           "resolve_dtype"]
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +72,15 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def default_dtype(device: torch.device | str) -> torch.dtype:
-    """bf16 on CUDA devices that support it, fp16 on other CUDA devices, fp32 elsewhere."""
+def default_dtype(device: torch.device | str,
+                  cuda_dtype: torch.dtype | str | None = None) -> torch.dtype:
+    """The precision used when none is asked for: fp32 off CUDA; on CUDA ``cuda_dtype`` (a
+    method's published precision, e.g. DiffCut's fp16) or else bf16 where supported, fp16
+    elsewhere."""
     device = torch.device(device)
     if device.type == "cuda":
+        if cuda_dtype is not None:
+            return resolve_dtype(cuda_dtype, device)
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
 
@@ -90,9 +96,16 @@ _DTYPES = {
 }
 
 
-def _as_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
+def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device | str,
+                  cuda_dtype: torch.dtype | str | None = None) -> torch.dtype:
+    """A dtype from a name ("fp16", "bfloat16", ...) or a torch dtype; None or "auto" gives
+    :func:`default_dtype` (``cuda_dtype`` is the method's precision on CUDA).
+
+    Raises:
+        ValueError: an unknown name.
+    """
     if dtype is None or dtype == "auto":
-        return default_dtype(device)
+        return default_dtype(device, cuda_dtype)
     if isinstance(dtype, torch.dtype):
         return dtype
     try:
@@ -654,6 +667,7 @@ def load_backbone(
     name_or_path: str | os.PathLike | BackbonePreset = "ssd-1b",
     device: torch.device | str | None = None,
     dtype: torch.dtype | str | None = None,
+    cuda_dtype: torch.dtype | str | None = None,
 ) -> Backbone:
     """Load a diffusion backbone for encoding.
 
@@ -666,18 +680,19 @@ def load_backbone(
         name_or_path: a preset name (``list_backbones()``), a local diffusers pipeline folder
             (e.g. written by ``save_pretrained``), or a hub repository id.
         device: default ``cuda`` if available, else ``cpu``.
-        dtype: default bf16 (or fp16) on CUDA, fp32 elsewhere. The SDXL-family VAE is never run
-            in fp16 (it overflows): fp32 then, or bf16.
+        dtype: default ``cuda_dtype`` on CUDA (else bf16, or fp16), fp32 elsewhere. With an
+            fp16 UNet the VAE holds fp16 weights but computes in fp32, as DiffCut's code does
+            (its VAE runs under fp32 autocast; the SDXL-family VAE overflows in fp16).
+        cuda_dtype: the precision to use on CUDA when ``dtype`` is None: a method's published
+            one (``MethodSpec.cuda_dtype``: DiffCut fp16, DiffSeg fp32).
     Raises:
         WeightsNotFoundError: the weights are not reachable (offline, not cached, not a folder);
             the message is one line saying how to provide them.
     """
     preset = resolve_backbone(name_or_path)
     device = torch.device(device) if device is not None else default_device()
-    dtype = _as_dtype(dtype, device)
-    vae_dtype = dtype
-    if preset.family == "sdxl" and dtype == torch.float16:
-        vae_dtype = torch.float32
+    dtype = resolve_dtype(dtype, device, cuda_dtype)
+    vae_dtype = torch.float32 if dtype == torch.float16 else dtype
 
     folder = _model_folder(preset)
 
@@ -702,7 +717,8 @@ def load_backbone(
     prompt_embeds, pooled = _encode_prompt(preset.family, text_encoders, tokenizers, device, "")
     del text_encoders  # only the cached empty-prompt embedding is needed from here on
 
-    vae = load(AutoencoderKL, "vae", torch_dtype=vae_dtype, use_safetensors=True)
+    # loaded in the UNet's precision, then cast: fp16-rounded weights computing in fp32
+    vae = load(AutoencoderKL, "vae", torch_dtype=dtype, use_safetensors=True).to(vae_dtype)
     unet = load(UNet2DConditionModel, "unet", torch_dtype=dtype, use_safetensors=True)
     vae = vae.to(device).eval()
     unet = unet.to(device).eval()

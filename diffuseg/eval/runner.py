@@ -571,15 +571,16 @@ def _encoding_meta(segmenter, settings: EvalSettings, needs: list[str],
     from diffuseg.backbones.diffusion import (
         ATTENTION_TIMESTEP,
         NOISE_SEED,
-        _as_dtype,
         default_device,
+        resolve_dtype,
     )
     from diffuseg.backbones.registry import DIFFCUT_TIMESTEP, get_preset
 
     device = torch.device(settings.device) if settings.device else default_device()
     meta: dict[str, Any] = {
         "seed": NOISE_SEED,
-        "dtype": str(_as_dtype(settings.dtype, device)).replace("torch.", ""),
+        "dtype": str(resolve_dtype(settings.dtype, device, segmenter.spec.cuda_dtype)
+                     ).replace("torch.", ""),
         "image_size": [protocol.input_size] * 2,
     }
     if "features" in needs:

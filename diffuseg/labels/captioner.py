@@ -34,10 +34,10 @@ import numpy as np
 import torch
 
 from diffuseg.backbones.diffusion import (
-    _as_dtype,
     _missing_errors,
     _transformers_dtype_kw,
     default_device,
+    resolve_dtype,
 )
 from diffuseg.backbones.registry import (
     WeightsNotFoundError,
@@ -308,7 +308,7 @@ def load_captioner(
     """
     name = os.fspath(name_or_path)
     device = torch.device(device) if device is not None else default_device()
-    dtype = _as_dtype(dtype, device)
+    dtype = resolve_dtype(dtype, device)
     if device.type != "cuda" and dtype != torch.float32:
         # Half precision is slow or unsupported for some ops off CUDA; fp32 gives the same
         # greedy captions there at an affordable cost for one small model.

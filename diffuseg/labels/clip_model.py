@@ -528,7 +528,7 @@ def load_clip(
     """
     from safetensors.torch import load_file
 
-    from diffuseg.backbones.diffusion import _as_dtype, default_device
+    from diffuseg.backbones.diffusion import default_device, resolve_dtype
     from diffuseg.backbones.registry import WeightsNotFoundError
 
     folder, model_name = _resolve(str(name_or_path))
@@ -548,7 +548,7 @@ def load_clip(
         raise WeightsNotFoundError(f"no {CONFIG_NAME} in {folder}")
     cfg = ClipConfig.from_open_clip(raw)
     dev = torch.device(device) if device is not None else default_device()
-    dt = _as_dtype(dtype, dev)
+    dt = resolve_dtype(dtype, dev)
     with torch.device("meta"):
         model = ClipModel(cfg)
     state = load_file(str(weights))

@@ -26,6 +26,9 @@ class MethodSpec:
         needs: the Encoding parts the method reads: subset of {"features", "attention", "image"}.
         summary: one line for ``list_methods`` and ``--help``.
         default_backbone: the preset the method's paper uses (None: needs no backbone).
+        cuda_dtype: the backbone's precision on CUDA unless the user picks one, as the
+            method's official code runs (DiffCut fp16, DiffSeg's KerasCV model fp32); CPU
+            always defaults to fp32.
     """
 
     name: str
@@ -34,6 +37,7 @@ class MethodSpec:
     needs: frozenset[str]
     summary: str = ""
     default_backbone: str | None = None
+    cuda_dtype: str = "float32"
 
     @property
     def needs_backbone(self) -> bool:

@@ -126,5 +126,6 @@ register(
         needs=frozenset({"features"}),
         summary="recursive normalized cut on UNet encoder features (Couairon et al., NeurIPS 2024)",
         default_backbone="ssd-1b",
+        cuda_dtype="float16",  # DiffCut's UNet runs under fp16 autocast on CUDA
     )
 )

@@ -33,13 +33,46 @@ def test_defaults_on_cpu():
     assert default_dtype("cpu") == torch.float32
 
 
+def test_method_precision_on_cuda_and_fp32_on_cpu():
+    """Unless the user picks one, the backbone runs in the method's official precision on CUDA
+    (DiffCut fp16, DiffSeg's KerasCV model fp32) and in fp32 on the CPU."""
+    from diffuseg.backbones.diffusion import resolve_dtype
+    from diffuseg.methods import get_method
+
+    assert get_method("diffcut").cuda_dtype == "float16"
+    assert get_method("diffseg").cuda_dtype == get_method("dwc").cuda_dtype == "float32"
+    assert resolve_dtype(None, "cuda", "float16") == torch.float16
+    assert resolve_dtype(None, "cuda", "float32") == torch.float32
+    assert resolve_dtype("bf16", "cuda", "float16") == torch.bfloat16  # the user's choice wins
+    assert resolve_dtype(None, "cpu", "float16") == torch.float32
+    assert resolve_dtype("auto", "cpu") == torch.float32
+
+
+def test_segmenter_asks_for_the_methods_precision(monkeypatch):
+    import diffuseg.backbones as backbones
+    from diffuseg import Segmenter
+
+    seen = {}
+    monkeypatch.setattr(backbones, "load_backbone", lambda *a, **kw: seen.update(kw) or "model")
+    assert Segmenter("diffcut", "ssd-1b").backbone == "model"
+    assert seen["cuda_dtype"] == "float16" and seen["dtype"] is None
+    Segmenter("diffseg", "sd14", dtype="bf16").backbone  # noqa: B018 (loads)
+    assert seen["cuda_dtype"] == "float32" and seen["dtype"] == "bf16"
+
+
 def test_sdxl_vae_never_fp16(tiny_dirs, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     xl = load_backbone(tiny_dirs["sdxl"], device="cpu", dtype="fp16")
     assert xl.dtype == torch.float16 and next(xl.unet.parameters()).dtype == torch.float16
     assert xl.vae_dtype == torch.float32 and next(xl.vae.parameters()).dtype == torch.float32
+    # DiffCut's precision: an fp16 UNet, a VAE with fp16-rounded weights computing in fp32
     sd1 = load_backbone(tiny_dirs["sd1"], device="cpu", dtype=torch.float16)
-    assert sd1.vae_dtype == torch.float16
+    full = load_backbone(tiny_dirs["sd1"], device="cpu", dtype="fp32")
+    assert sd1.vae_dtype == torch.float32
+    for (name, p16), (_, p32) in zip(sd1.vae.named_parameters(), full.vae.named_parameters(),
+                                     strict=True):
+        assert p16.dtype == torch.float32, name
+        assert torch.equal(p16, p32.half().float()), name
     xl_bf16 = load_backbone(tiny_dirs["sdxl"], device="cpu", dtype="bf16")
     assert xl_bf16.vae_dtype == torch.bfloat16
     with pytest.raises(ValueError, match="dtype"):
