@@ -178,62 +178,47 @@ def exact_sweep(
 
 
 def _sorted_sweep(
-    wp: torch.Tensor, sorted_v: torch.Tensor, min_size: int, kind: str = "exact"
+    wp: torch.Tensor, sorted_v: torch.Tensor, min_size: int, kind: str = "exact",
+    degrees: torch.Tensor | None = None,
 ) -> tuple[int | None, float, torch.Tensor]:
-    """:func:`exact_sweep` on an affinity sorted by descending v: (size of A, NCut, sweep)."""
+    """:func:`exact_sweep` on an affinity sorted by descending v: (size of A, NCut, sweep).
+    ``degrees``: wp's row sums if already known."""
     n = wp.shape[0]
     # Row sums in the matrix's dtype (sums of non-negative terms are accurate); the running sums
     # and their differences in float64.
-    degrees = wp.sum(dim=1).double()
+    degrees = (wp.sum(dim=1) if degrees is None else degrees).double()
     lower = torch.tril(wp).sum(dim=1).double()
     internal = torch.cumsum(2.0 * lower - wp.diagonal().double(), dim=0)
     volume_a = torch.cumsum(degrees, dim=0)
     total = volume_a[-1]
-    cut = (volume_a - internal).clamp_min(0.0)
-    volume_b = total - volume_a
-    sweep = (cut / volume_a + cut / volume_b)[:-1]
-    sizes = torch.arange(1, n, device=wp.device)
-    admissible = (
-        (sorted_v[:-1] > sorted_v[1:])  # a threshold between two distinct values
-        & (sizes >= min_size)
-        & (n - sizes >= min_size)
-        & (volume_a[:-1] > 0)
-        & (volume_b[:-1] > 0)
-    )
-    sweep = torch.where(admissible, sweep, torch.full_like(sweep, float("inf")))
     if kind == "sampled":
-        return _pick_sampled(sweep, sorted_v)
-    if not bool(admissible.any()):
-        return None, float("inf"), sweep
-    best = int(torch.argmin(sweep))
-    return best + 1, float(sweep[best]), sweep
-
-
-def sampled_thresholds(vector: torch.Tensor, num: int = REFERENCE_THRESHOLDS) -> torch.Tensor:
-    """DiffCut's thresholds: (num,) float64, linearly spaced on [0.99 min v, 0.99 max v]."""
-    v = vector.double()
-    return torch.linspace(float(v.min()) * SAMPLED_SPAN, float(v.max()) * SAMPLED_SPAN, num,
-                          dtype=torch.float64, device=vector.device)
-
-
-def _pick_sampled(prefix_sweep: torch.Tensor, sorted_v: torch.Tensor
-                  ) -> tuple[int | None, float, torch.Tensor]:
-    """The sampled sweep read off the exact one: threshold t has A = {v > t}, the first
-    ``#{v > t}`` tokens of the descending order, whose NCut the prefix sweep already holds.
-    One-sided thresholds (and prefixes the exact sweep rejects) score inf; the first threshold
-    with the smallest NCut wins, as in DiffCut's code."""
-    n = sorted_v.numel()
-    thresholds = sampled_thresholds(sorted_v)
-    ascending = sorted_v.double().flip(0)
-    sizes = n - torch.searchsorted(ascending, thresholds, right=True)  # #{v > t}
-    inside = (sizes >= 1) & (sizes <= n - 1)
-    values = torch.full(thresholds.shape, float("inf"), dtype=torch.float64,
-                        device=sorted_v.device)
-    values[inside] = prefix_sweep[sizes[inside] - 1]
-    best = int(torch.argmin(values))  # first minimum
+        # threshold t keeps A = {v > t}, the first #{v > t} tokens: read those prefixes only
+        thresholds = sampled_thresholds(sorted_v)
+        sizes = n - torch.searchsorted(sorted_v.flip(0).contiguous(), thresholds, right=True)
+        prefix = (sizes - 1).clamp(0, n - 2)
+    else:
+        sizes = torch.arange(1, n, device=wp.device)
+        prefix = sizes - 1
+    vol_a = volume_a[prefix]
+    vol_b = total - vol_a
+    cut = (vol_a - internal[prefix]).clamp_min(0.0)
+    values = cut / vol_a + cut / vol_b
+    admissible = (sizes >= min_size) & (n - sizes >= min_size) & (vol_a > 0) & (vol_b > 0)
+    if kind == "exact":  # a threshold lies between two distinct values
+        admissible &= sorted_v[:-1] > sorted_v[1:]
+    values = torch.where(admissible, values, torch.full_like(values, float("inf")))
+    best = int(torch.argmin(values))  # the first smallest: DiffCut's argmin
     if not bool(torch.isfinite(values[best])):
         return None, float("inf"), values
     return int(sizes[best]), float(values[best]), values
+
+
+def sampled_thresholds(vector: torch.Tensor, num: int = REFERENCE_THRESHOLDS) -> torch.Tensor:
+    """DiffCut's thresholds: (num,) in the vector's dtype, linearly spaced on
+    [0.99 min v, 0.99 max v], computed in that dtype as its code does (``torch.linspace`` of
+    ``y.min() * 0.99`` and ``y.max() * 0.99``), so that ``v > t`` compares alike."""
+    low, high = vector.min() * SAMPLED_SPAN, vector.max() * SAMPLED_SPAN
+    return torch.linspace(float(low), float(high), num, dtype=vector.dtype, device=vector.device)
 
 
 def sampled_sweep(
@@ -252,24 +237,23 @@ def sampled_sweep(
     degrees = w.sum(dim=1)
     laplacian = torch.diag(degrees) - w
     total = degrees.sum()
-    v = vector.double()
-    thresholds = sampled_thresholds(v, num)
+    thresholds = sampled_thresholds(vector, num)
     values = []
     for t in thresholds:
-        x = v > t
+        x = vector > t
         k = degrees[x].sum() / total
         if k <= 0 or k >= 1:
             values.append(float("nan"))
             continue
         b = k / (1 - k)
-        y = torch.where(x, torch.ones_like(v), -b * torch.ones_like(v))
+        y = torch.where(x, 1.0, -b).to(torch.float64)
         values.append(float((y @ laplacian @ y) / (y @ (degrees * y))))
     sweep = torch.tensor(values, dtype=torch.float64)
     best_value = min(values)  # Python's min: a NaN first in the list wins
     best = int(np.argmin(np.asarray(values)))  # numpy's argmin: the first NaN wins
     if math.isnan(best_value) or math.isnan(values[best]):
         return None, float("inf"), sweep
-    return v > thresholds[best], float(best_value), sweep
+    return vector > thresholds[best], float(best_value), sweep
 
 
 def reference_fiedler(weights: torch.Tensor) -> torch.Tensor:
@@ -383,11 +367,7 @@ def recursive_ncut(
         # self_loops=False keeps its meaning). Computed once: in DiffCut's code a token's row keeps
         # its natural zeros at every depth, while masking only zeroes pairs of tokens that are both
         # outside the node.
-        off_diagonal_zero = w == 0
-        off_diagonal_zero.fill_diagonal_(False)
-        dropped = off_diagonal_zero.any(dim=1)
-        if not bool(dropped.any()):
-            dropped = None
+        dropped = _zero_rows(w)
 
     parents: list[int | None] = []
     children: list[tuple[int, ...]] = []
@@ -438,9 +418,9 @@ def recursive_ncut(
                 for k, (kid_idx, block) in enumerate(kids):
                     gone = dropped[kid_idx]
                     if bool(gone.any()):
-                        keep = ~gone
+                        keep = torch.nonzero(~gone).squeeze(1)
                         if block is not None:
-                            block = block[keep][:, keep]
+                            block = block.index_select(0, keep).index_select(1, keep)
                         kids[k] = (kid_idx[keep], block)
                         carry[k] = torch.cat([carry[k], kid_idx[gone]])
             stack.append((*kids[1], depth + 1, node, carry[1]))
@@ -457,13 +437,26 @@ def recursive_ncut(
     return CutResult(labels=labels, hierarchy=hierarchy)
 
 
+def _zero_rows(w: torch.Tensor) -> torch.Tensor | None:
+    """(N,) bool: rows of ``w`` with an exact zero off the diagonal, or None if there are none.
+    A row minimum is a cheap reduction; only rows whose minimum is 0 are looked at closely."""
+    candidates = torch.nonzero(w.amin(dim=1) == 0).squeeze(1)
+    if candidates.numel() == 0:
+        return None
+    rows = w.index_select(0, candidates) == 0
+    rows[torch.arange(candidates.numel(), device=w.device), candidates] = False  # the diagonal
+    dropped = torch.zeros(w.shape[0], dtype=torch.bool, device=w.device)
+    dropped[candidates] = rows.any(dim=1)
+    return dropped if bool(dropped.any()) else None
+
+
 def _split_fast(sub, depth, min_size, solver, root_ncut, sweep="exact"):
     """Best bipartition of a node whose affinity block is ``sub``: (candidate, child blocks)."""
     degrees = sub.sum(dim=1)
     vector, eigenvalue = fiedler_vector(sub, degrees, solver=solver)
     order = torch.argsort(vector, descending=True, stable=True)
     wp = sub.index_select(0, order).index_select(1, order)
-    size, ncut, values = _sorted_sweep(wp, vector[order], min_size, sweep)
+    size, ncut, values = _sorted_sweep(wp, vector[order], min_size, sweep, degrees[order])
     if size is None:
         return None, None
     mask = torch.zeros(sub.shape[0], dtype=torch.bool, device=sub.device)
