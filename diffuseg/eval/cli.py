@@ -123,7 +123,7 @@ def run(
     try:
         result = evaluate(settings, out, encodings=encodings, resume=resume, progress=progress,
                           save_predictions=save_predictions)
-    except (ValueError, WeightsNotFoundError) as exc:
+    except (ValueError, WeightsNotFoundError, OSError) as exc:
         _fail(str(exc))
     from diffuseg.eval.runner import results_markdown
 

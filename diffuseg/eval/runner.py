@@ -223,7 +223,10 @@ class EvalSettings:
             keys += ("attention_timestep",)
         if self.preprocessing != "standard":
             keys += ("preprocessing",)
-        return json.loads(json.dumps({k: getattr(self, k) for k in keys}, default=str))
+        identity = {k: getattr(self, k) for k in keys}
+        # records scored by other rules (before the official layout) must not be resumed into
+        identity["scoring"] = SCORING_VERSION
+        return json.loads(json.dumps(identity, default=str))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -382,8 +385,8 @@ def evaluate(
             ``head(pooled)`` and ``encode_text(prompts)`` (the ``load_clip`` API) used instead
             of loading ``settings.clip`` (tests inject one). Loaded only if an image remains.
         save_predictions: write, per image, the method's raw prediction and the one that was
-            scored as label PNGs (:class:`PredictionWriter`), before its record; on resume,
-            images recorded without them get them (their records are kept).
+            scored as label PNGs (:class:`PredictionWriter`), before its record; resuming a run
+            that did not save them is refused (recomputed files could disagree with records).
     Returns:
         The result dict (also written as results.json / results.md by rank 0): ``miou`` and
         ``pixel_accuracy`` in [0, 1], ``per_class_iou``, ``counts``, ``num_images``, the
@@ -454,10 +457,16 @@ def evaluate(
             raise ValueError(f"record {bad[0]} has no open-vocabulary counts (a run without "
                              "open_vocab): choose a new --out")
     predictions = PredictionWriter(out_dir) if save_predictions else None
-    # images recorded by a run that saved no predictions get them now (their records stay)
-    redo = {i for i in mine if i in records and predictions is not None
-            and not predictions.has(records[i]["id"])}
-    todo = [i for i in mine if i not in records or i in redo]
+    if predictions is not None:
+        # an image's files are written before its record: a record without them means the run
+        # saved none (or they were deleted); recomputing them now could disagree with the record
+        bare = [records[i]["id"] for i in mine if i in records and not predictions.has(
+            records[i]["id"])]
+        if bare:
+            raise ValueError(f"{len(bare)} recorded image(s) have no saved predictions (e.g. "
+                             f"{bare[0]!r}): the run did not save them; choose a new --out to "
+                             "save predictions for every image")
+    todo = [i for i in mine if i not in records]
 
     running = _accumulate([records[i] for i in mine if i in records], ds.num_classes, settings)
     ov_running = [records[i]["ov"]["jaccard"] for i in mine if i in records
@@ -465,7 +474,7 @@ def evaluate(
     namer = _ClipNamer(settings, prompts, ds, protocol, clip) if settings.open_vocab else None
     if namer is not None and todo:
         namer.load()  # before any image: missing weights fail at once
-    bar = _progress(len(mine), len(mine) - len(todo) + len(redo), progress, rank, settings)
+    bar = _progress(len(mine), len(mine) - len(todo), progress, rank, settings)
     writer = RecordWriter(own_path)
     needs = sorted(segmenter.spec.needs & {"features", "attention"})
     cache = None
@@ -502,8 +511,6 @@ def evaluate(
                     ov_running.append(rec["ov"]["jaccard"])
                 if predictions is not None:
                     predictions.write(image_id, scored)
-                if i in redo:
-                    continue
                 writer.write(rec)
                 running.add(Scores.from_dict(rec))
                 bar.update(1)
@@ -631,6 +638,10 @@ def _encodings(segmenter, samples, needs, cache: Path | None, protocol: Protocol
                 enc.save(cache / f"{_slug(samples[k][1])}.safetensors")
     return out
 
+
+#: Changes whenever the per-image counts would change for the same prediction; part of a run's
+#: identity, so that resume never mixes records scored by different rules.
+SCORING_VERSION = "official-layout-1"
 
 #: The order in which one image is scored (the official evaluation's), as results record it.
 SCORING_ORDER = (

@@ -253,16 +253,22 @@ def test_saved_predictions_survive_a_kill_and_a_late_request(coco, reference, tm
     assert result["counts"] == ref["counts"]
     for kind in ("raw", "scored"):
         assert len(list((tmp_path / "a/predictions" / kind).iterdir())) == 5
-    # a run made without predictions, resumed with them: every image gets its files and the
-    # records are left as they were (no line twice)
+    # a run made without predictions cannot be resumed with them: files recomputed now might
+    # not be what the records counted
     evaluate(settings(coco, limit=3), tmp_path / "b", progress=False)
-    before = (tmp_path / "b/records.jsonl").read_bytes()
-    evaluate(settings(coco, limit=3), tmp_path / "b", progress=False, resume=True,
-             save_predictions=True)
-    assert (tmp_path / "b/records.jsonl").read_bytes() == before
-    assert len(list((tmp_path / "b/predictions/raw").iterdir())) == 3
-    a = (tmp_path / "a/predictions/scored/000000000001.png").read_bytes()
-    assert (tmp_path / "b/predictions/scored/000000000001.png").read_bytes() == a
+    with pytest.raises(ValueError, match="3 recorded image"):
+        evaluate(settings(coco, limit=3), tmp_path / "b", progress=False, resume=True,
+                 save_predictions=True)
+
+
+def test_records_of_other_scoring_rules_are_not_resumed(coco, tmp_path):
+    evaluate(settings(coco, limit=2), tmp_path, progress=False)
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["scoring"] == "official-layout-1"
+    run.pop("scoring")  # what a run made before the official layout recorded
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    with pytest.raises(ValueError, match="other settings \\(scoring\\)"):
+        evaluate(settings(coco, limit=3), tmp_path, progress=False, resume=True)
 
 
 def test_cli_run_and_compare(coco, reference, tmp_path):
