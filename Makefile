@@ -24,7 +24,7 @@ chromium:
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/diffuseg segment diffuseg/assets/example.jpg --method ncut --out out/demo
+	$(BIN)/diffuseg segment diffuseg/assets/example.jpg --method ncut --out out/demo --overwrite
 	@echo "wrote out/demo/ (label PNG, overlay PNG, JSON)"
 
 test: $(STAMP) chromium

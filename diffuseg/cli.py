@@ -7,12 +7,15 @@ atomically (temp file, then rename), so an interrupted run never leaves a half-w
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from diffuseg.pipeline import ENCODING_SUFFIX
 
 app = typer.Typer(
     add_completion=False,
@@ -21,7 +24,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-ENCODING_SUFFIX = ".safetensors"
 OUTPUT_FORMATS = ("png", "coco", "npz")
 
 
@@ -65,17 +67,6 @@ def _parse_value(raw: str, type_name: str) -> Any:
             except ValueError:
                 continue
     return raw
-
-
-def _output_stem(path: Path, used: set[str]) -> str:
-    """A unique file stem per input (two inputs called a.jpg in different folders)."""
-    stem = path.stem if path.suffix != ENCODING_SUFFIX else path.name[: -len(ENCODING_SUFFIX)]
-    candidate, i = stem, 1
-    while candidate in used:
-        i += 1
-        candidate = f"{stem}-{i}"
-    used.add(candidate)
-    return candidate
 
 
 @app.command("segment")
@@ -127,21 +118,25 @@ def segment_command(
     attention_timesteps: Annotated[str | None, typer.Option(
         help="Timestep(s) of the self-attention pass, comma-separated to average over several "
              "(default 300).")] = None,
+    batch_size: Annotated[int, typer.Option(
+        help="Images per backbone call (those of equal processed size go together).")] = 4,
+    workers: Annotated[int, typer.Option(
+        help="Threads that cut, refine and write while the next batch is on the backbone.")
+    ] = 1,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Skip the inputs whose outputs a previous run finished.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Redo every input even if --out holds its outputs.")] = False,
 ) -> None:
     """Segment images: writes <name>.labels.png, <name>.overlay.png and <name>.json per input
-    (or COCO RLE masks / .npz with --format)."""
-    from tqdm import tqdm
+    (or COCO RLE masks / .npz with --format), and manifest.json listing them.
 
+    Inputs are decoded ahead, encoded in batches and cut by --workers threads; a killed run
+    continues with --resume. Under torchrun / accelerate launch (RANK, WORLD_SIZE) each process
+    segments its share of the inputs."""
+    from diffuseg import pipeline
     from diffuseg.backbones import WeightsNotFoundError
-    from diffuseg.io import (
-        iter_image_paths,
-        load_image,
-        write_json,
-        write_label_png,
-        write_masks_json,
-        write_npz,
-        write_overlay_png,
-    )
+    from diffuseg.io import iter_image_paths, load_image
     from diffuseg.methods import get_method
     from diffuseg.segmenter import Segmenter
     from diffuseg.types import Encoding
@@ -153,6 +148,12 @@ def segment_command(
                f"choose from {', '.join(OUTPUT_FORMATS)} (comma-separated)")
         raise typer.Exit(2)
     try:
+        if batch_size < 1 or workers < 1:
+            raise ValueError(f"--batch-size and --workers must be at least 1, got {batch_size} "
+                             f"and {workers}")
+        if resume and overwrite:
+            raise ValueError("--resume and --overwrite exclude each other")
+        rank, world = pipeline.dist_env()
         spec = get_method(method)
         overrides = _parse_params(param, spec)
         for key, value in (("tau", tau), ("alpha", alpha)):
@@ -163,6 +164,11 @@ def segment_command(
         timesteps = None
         if attention_timesteps:
             timesteps = [int(t) for t in attention_timesteps.split(",") if t.strip()]
+        if device is None and world > 1 and "LOCAL_RANK" in os.environ:
+            import torch
+
+            if torch.cuda.is_available():
+                device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
         segmenter = Segmenter(method, backbone, device=device, dtype=dtype, size=size,
                               attention_timestep=timesteps, clip=clip, clip_size=clip_size,
                               captioner=captioner, **overrides)
@@ -182,44 +188,112 @@ def segment_command(
     if not paths:
         _error("no input images")
         raise typer.Exit(2)
-    out.mkdir(parents=True, exist_ok=True)
-    failed = 0
-    used: set[str] = set()
-    for path in tqdm(paths, desc=f"{method}", unit="img", disable=None, file=sys.stderr):
-        stem = _output_stem(path, used)
-        try:
-            if path.name.endswith(ENCODING_SUFFIX):
-                enc = Encoding.load(path)
-                image = enc.image
-                result = segmenter.segment(enc)
-            else:
-                image = load_image(path)
-                enc = segmenter.encode(image)
-                result = segmenter.segment(enc)
-            if class_names is not None or caption is not None:
-                result = segmenter.name(result, enc, classes=class_names, caption=caption,
-                                        words=chosen, voting=voting, merge=merge)
-        except WeightsNotFoundError as exc:
-            _error(str(exc))
-            raise typer.Exit(2) from None
-        except (ValueError, OSError, RuntimeError) as exc:
-            failed += 1
-            _error(f"{path}: {exc}")
-            continue
+    items = pipeline.shard(pipeline.plan(paths), rank, world)
+
+    def files_of(item: pipeline.WorkItem) -> list[str]:
+        names = []
         if "png" in formats:
-            write_label_png(out / f"{stem}.labels.png", result.labels)
-            if image is not None:
-                write_overlay_png(out / f"{stem}.overlay.png", image, result.labels)
-            write_json(out / f"{stem}.json", {"input": str(path), **result.to_dict()})
+            names += [f"{item.stem}.labels.png", f"{item.stem}.overlay.png", f"{item.stem}.json"]
         if "coco" in formats:
-            write_masks_json(out / f"{stem}.masks.json", result.labels, result.config,
-                             names=result.names, input=str(path))
+            names.append(f"{item.stem}.masks.json")
         if "npz" in formats:
-            write_npz(out / f"{stem}.npz", result.labels, {"input": str(path), **result.to_dict()})
-    done = len(paths) - failed
-    typer.echo(f"segmented {done}/{len(paths)} input(s) into {out}", err=True)
-    if failed:
+            names.append(f"{item.stem}.npz")
+        return names
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        skip = pipeline.prepare_folder(out, items, files_of, resume, overwrite)
+    except (ValueError, OSError) as exc:
+        _error(str(exc))
+        raise typer.Exit(2) from None
+    journal = pipeline.Journal(out, rank)
+    naming = class_names is not None or caption is not None
+
+    def load(item: pipeline.WorkItem) -> Any:
+        if item.path.name.endswith(ENCODING_SUFFIX):
+            return Encoding.load(item.path)
+        return load_image(item.path)
+
+    def encode(payloads: list[Any]) -> list[Any]:
+        arrays = [p for p in payloads if not isinstance(p, Encoding)]
+        encoded = iter(segmenter.encode_batch(arrays, batch_size=batch_size))
+        return [p if isinstance(p, Encoding) else next(encoded) for p in payloads]
+
+    def process(item: pipeline.WorkItem, enc: Encoding) -> pipeline.Outcome:
+        result = segmenter.segment(enc)
+        if naming:
+            result = segmenter.name(result, enc, classes=class_names, caption=caption,
+                                    words=chosen, voting=voting, merge=merge)
+        written = _write_outputs(out, item, enc.image, result, formats)
+        journal.append({"index": item.index, "input": str(item.path), "stem": item.stem,
+                        "status": "done", "segments": result.num_segments, "files": written})
+        return pipeline.Outcome(item, "done", segments=result.num_segments, files=written)
+
+    todo = [it for it in items if it.stem not in skip]
+    # a caption's cross-attention pass uses the backbone, which the encode stage owns
+    threads = 1 if caption is not None else workers
+    counts = {"done": 0, "failed": 0, "skipped": len(items) - len(todo)}
+    lines = not sys.stderr.isatty()  # a log file gets one line per input, a terminal a bar
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(items), initial=counts["skipped"], desc=method, unit="img",
+               disable=lines or None, file=sys.stderr)
+    try:
+        for outcome in pipeline.run(todo, load=load, encode=encode, process=process,
+                                    batch_size=batch_size, workers=threads,
+                                    fatal=(WeightsNotFoundError,)):
+            counts[outcome.status] += 1
+            if outcome.status == "failed":
+                journal.append({"index": outcome.item.index, "input": str(outcome.item.path),
+                                "stem": outcome.item.stem, "status": "failed",
+                                "error": outcome.error, "files": []})
+                bar.write(f"error: {outcome.item.path}: {outcome.error}", file=sys.stderr)
+            elif lines:
+                typer.echo(f"{outcome.item.path}: {outcome.segments} segments, "
+                           f"{outcome.seconds:.2f} s", err=True)
+            bar.update(1)
+    except WeightsNotFoundError as exc:
+        _error(str(exc))
+        raise typer.Exit(2) from None
+    finally:
+        bar.close()
+        journal.close()
+    pipeline.write_manifest(out)
+    shard_note = f" (process {rank} of {world})" if world > 1 else ""
+    typer.echo(f"segmented {counts['done']}/{len(items)} input(s) into {out}{shard_note}: "
+               f"{counts['skipped']} already done, {counts['failed']} failed", err=True)
+    if counts["failed"]:
         raise typer.Exit(1)
+
+
+def _write_outputs(out: Path, item, image, result, formats: list[str]) -> list[str]:
+    """Write one input's output set (each file atomically); returns the names written."""
+    from diffuseg.io import (
+        write_json,
+        write_label_png,
+        write_masks_json,
+        write_npz,
+        write_overlay_png,
+    )
+
+    stem, names = item.stem, []
+    if "png" in formats:
+        write_label_png(out / f"{stem}.labels.png", result.labels)
+        names.append(f"{stem}.labels.png")
+        if image is not None:
+            write_overlay_png(out / f"{stem}.overlay.png", image, result.labels)
+            names.append(f"{stem}.overlay.png")
+        write_json(out / f"{stem}.json", {"input": str(item.path), **result.to_dict()})
+        names.append(f"{stem}.json")
+    if "coco" in formats:
+        write_masks_json(out / f"{stem}.masks.json", result.labels, result.config,
+                         names=result.names, input=str(item.path))
+        names.append(f"{stem}.masks.json")
+    if "npz" in formats:
+        write_npz(out / f"{stem}.npz", result.labels, {"input": str(item.path),
+                                                       **result.to_dict()})
+        names.append(f"{stem}.npz")
+    return names
 
 
 def _class_names(classes: str | None, classes_file: Path | None) -> list[str] | None:
@@ -280,9 +354,10 @@ def encode_command(
         raise typer.Exit(2) from None
     out.mkdir(parents=True, exist_ok=True)
     failed = 0
-    used: set[str] = set()
-    for path in tqdm(paths, desc="encode", unit="img", disable=None, file=sys.stderr):
-        stem = _output_stem(path, used)
+    from diffuseg.pipeline import plan
+
+    for item in tqdm(plan(paths), desc="encode", unit="img", disable=None, file=sys.stderr):
+        path, stem = item.path, item.stem
         try:
             image = load_image(path)
             (enc,) = model.encode([image], features="features" in needs,

@@ -156,19 +156,24 @@ class Segmenter:
         """
         from diffuseg.io import load_image
 
-        array = load_image(image)
-        if not self.spec.needs_backbone:
-            return Encoding(image=array, meta={"original_size": list(array.shape[:2])})
+        return self.encode_batch([load_image(image)])[0]
+
+    def encode_batch(self, images: Sequence[np.ndarray], batch_size: int = 4) -> list[Encoding]:
+        """Encode several (H, W, 3) uint8 images; those that reach the same processed size go
+        through the backbone together, ``batch_size`` at a time. Returns one Encoding per
+        image, in order (without a backbone: the images, wrapped)."""
+        if not self.spec.needs_backbone or not images:
+            return [Encoding(image=a, meta={"original_size": list(a.shape[:2])}) for a in images]
         extra = {} if self.attention_timestep is None else {
             "attention_timestep": self.attention_timestep}
-        (encoding,) = self.backbone.encode(
-            [array],
+        return self.backbone.encode(
+            list(images),
             features="features" in self.spec.needs,
             attention="attention" in self.spec.needs,
             size=self.size,
+            batch_size=batch_size,
             **extra,
         )
-        return encoding
 
     def segment(
         self,

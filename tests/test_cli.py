@@ -1,6 +1,7 @@
 """`diffuseg` command line end to end: files written, JSON valid, bad inputs, exit codes."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -57,8 +58,13 @@ def test_segment_ncut_end_to_end_with_bad_files(tmp_path):
         assert sum(s["area"] for s in record["segments"]) == 48 * 72
         assert record["hierarchy"][0]["size"] > 0
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        f"{s}.{kind}" for s in ("a", "b") for kind in ("labels.png", "overlay.png", "json")
+        [f"{s}.{kind}" for s in ("a", "b") for kind in ("labels.png", "overlay.png", "json")]
+        + ["manifest.json", ".diffuseg"]
     )  # nothing for the bad inputs, no temp files left
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [o["stem"] for o in manifest["outputs"]] == ["a", "b"]
+    assert sorted(Path(f["input"]).name for f in manifest["failed"]) == [
+        "broken.png", "missing.png", "notes.txt"]
 
 
 def test_segment_all_good_exits_zero_and_params_parse(tmp_path):
@@ -143,7 +149,8 @@ def test_caption_names_every_segment(tmp_path, tiny_sd1):
     names = [s["name"] for s in record["segments"]]
     assert len(names) == record["num_segments"] and set(names) <= {"cat", "grass"}
     # one chosen word names every segment
-    result = runner.invoke(app, [*args, "--words", "grass", "--voting", "majority"])
+    result = runner.invoke(app, [*args, "--words", "grass", "--voting", "majority",
+                                 "--overwrite"])
     assert result.exit_code == 0, result.output
     record = json.loads((out / "a.json").read_text())
     assert {s["name"] for s in record["segments"]} == {"grass"}

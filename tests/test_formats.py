@@ -40,7 +40,8 @@ def test_all_formats_round_trip_through_the_cli(tmp_path, small_photo):
                                  "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["photo.labels.png", "photo.overlay.png", "photo.json", "photo.masks.json", "photo.npz"])
+        ["photo.labels.png", "photo.overlay.png", "photo.json", "photo.masks.json", "photo.npz",
+         "manifest.json", ".diffuseg"])
     labels = read_label_png(out / "photo.labels.png")
     assert labels.shape == (120, 160)
     k = len(np.unique(labels))
@@ -83,7 +84,10 @@ def test_single_formats_write_only_their_files(tmp_path, small_photo):
         result = runner.invoke(app, ["segment", str(small_photo), "--method", "ncut",
                                      "--param", "grid=16", "--format", fmt, "--out", str(out)])
         assert result.exit_code == 0, result.output
-        assert sorted(p.name for p in out.iterdir()) == names
+        assert sorted(p.name for p in out.iterdir()) == sorted([*names, "manifest.json",
+                                                                ".diffuseg"])
+        files = json.loads((out / "manifest.json").read_text())["outputs"][0]["files"]
+        assert sorted(files) == names
 
 
 def test_unknown_format_is_one_clear_line(tmp_path, small_photo):

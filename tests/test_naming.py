@@ -185,5 +185,6 @@ def test_cli_caption_auto(tmp_path, tiny_sd1, small_photo, one_thread):
     assert [a["name"] for a in masks["annotations"]] == names
     missing = runner.invoke(app, ["segment", str(small_photo), "--method", "diffseg",
                                   "--backbone", str(tiny_sd1), "--caption", "auto",
-                                  "--captioner", str(tmp_path / "nowhere"), "-o", str(out)])
+                                  "--captioner", str(tmp_path / "nowhere"), "-o",
+                                  str(tmp_path / "out2")])
     assert missing.exit_code == 2 and "captioning model" in missing.output
