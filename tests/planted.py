@@ -74,6 +74,32 @@ def planted_features(
     return f.permute(2, 0, 1).contiguous()
 
 
+def smooth_planted_features(
+    side: int, regions: int = 8, dim: int = 1280, smooth: float = 0.5, white: float = 0.1,
+    seed: int = 0,
+) -> tuple[torch.Tensor, np.ndarray]:
+    """Features that behave like a diffusion UNet's under DiffCut's affinity: each region a unit
+    prototype (all sharing a common direction, so regions are similar but distinct), plus a
+    spatially smooth random field (bicubic from 4x4) and a little white noise. With DiffCut's
+    defaults (alpha 10, tau 0.5, self-loops) they give a dozen or two segments and a
+    well-separated spectrum, unlike one-hot features whose regions are nearly disconnected (then
+    rounding decides the Fiedler vector) or noisy ones (the cut shatters into single tokens).
+
+    Returns:
+        (dim, side, side) float32 features and the (side, side) planted label map.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    labels = planted_labels(side, side, regions, seed=seed)
+    base = torch.randn(dim, generator=gen)
+    prototypes = F.normalize(base + torch.randn(regions, dim, generator=gen), dim=1)
+    f = prototypes[torch.as_tensor(labels)].permute(2, 0, 1)
+    field = torch.randn(1, dim, 4, 4, generator=gen)
+    field = F.interpolate(field, size=(side, side), mode="bicubic", align_corners=False)[0]
+    f = f + smooth * field / field.std() / dim**0.5
+    f = f + white * torch.randn(f.shape, generator=gen) / dim**0.5
+    return f.contiguous(), labels
+
+
 def planted_attention(
     labels: np.ndarray | torch.Tensor,
     temperature: float = 0.1,
