@@ -22,47 +22,11 @@ import gc
 import time
 
 import torch
+from common import sdxl_vae_config, ssd1b_config
 
 from diffuseg.backbones.capture import FeatureHook, get_module
 
 FEATURE_LAYER = "down_blocks[-1].attentions[-1].transformer_blocks[-1].attn1"
-
-
-def ssd1b_config(width: int = 320, heads: tuple[int, int, int] = (5, 10, 20)) -> dict:
-    """SSD-1B's UNet architecture (segmind/SSD-1B unet/config.json); ``width`` scales channels."""
-    return dict(
-        sample_size=128,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        mid_block_type="UNetMidBlock2D",  # SSD-1B: one resnet, no attention
-        block_out_channels=(width, 2 * width, 4 * width),
-        layers_per_block=2,
-        transformer_layers_per_block=[1, 2, 4],
-        reverse_transformer_layers_per_block=[[4, 4, 10], [2, 1, 1], [1, 1, 1]],
-        attention_head_dim=list(heads),  # legacy name: number of heads
-        use_linear_projection=True,
-        cross_attention_dim=2048,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=256,
-        projection_class_embeddings_input_dim=2816,  # 6 * 256 + 1280 (pooled text embeds)
-        norm_num_groups=32,
-    )
-
-
-def sdxl_vae_config() -> dict:
-    return dict(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        block_out_channels=(128, 256, 512, 512),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=2,
-        norm_num_groups=32,
-        sample_size=1024,
-    )
 
 
 def unet_inputs(latent: int, device: str | torch.device = "cpu", batch: int = 1):

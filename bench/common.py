@@ -34,3 +34,64 @@ def timed(fn: Callable[[], Any], repeats: int = 1) -> tuple[float, Any]:
         out = fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times), out
+
+
+# --------------------------------------------------------------------------------------------
+# published architectures, for random-weight models (no weights can be downloaded here)
+# --------------------------------------------------------------------------------------------
+def ssd1b_config(width: int = 320, heads: tuple[int, int, int] = (5, 10, 20)) -> dict:
+    """SSD-1B's UNet architecture (segmind/SSD-1B unet/config.json); ``width`` scales channels."""
+    return dict(
+        sample_size=128,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        mid_block_type="UNetMidBlock2D",  # SSD-1B: one resnet, no attention
+        block_out_channels=(width, 2 * width, 4 * width),
+        layers_per_block=2,
+        transformer_layers_per_block=[1, 2, 4],
+        reverse_transformer_layers_per_block=[[4, 4, 10], [2, 1, 1], [1, 1, 1]],
+        attention_head_dim=list(heads),  # legacy name: number of heads
+        use_linear_projection=True,
+        cross_attention_dim=2048,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2816,  # 6 * 256 + 1280 (pooled text embeds)
+        norm_num_groups=32,
+    )
+
+
+def sdxl_vae_config() -> dict:
+    return dict(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=2,
+        norm_num_groups=32,
+        sample_size=1024,
+    )
+
+
+def sd15_unet_config() -> dict:
+    """Stable Diffusion 1.5's UNet architecture (its unet/config.json)."""
+    return dict(
+        sample_size=64,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        block_out_channels=(320, 640, 1280, 1280),
+        layers_per_block=2,
+        attention_head_dim=8,
+        cross_attention_dim=768,
+        norm_num_groups=32,
+    )
+
+
+def sd_vae_config() -> dict:
+    """The SD 1.x VAE (same layout as SDXL's, 512 px sample size)."""
+    return {**sdxl_vae_config(), "sample_size": 512}

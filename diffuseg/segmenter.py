@@ -46,7 +46,8 @@ class Segmenter:
     Args:
         method: a name from :func:`diffuseg.list_methods` ("diffcut", "diffseg", "ncut", ...).
         backbone: a preset name (:func:`diffuseg.list_backbones`) or a local model folder;
-            default: the method's paper backbone. Loaded on first use only.
+            default: the method's paper backbone. Loaded on first use only. An already loaded
+            :class:`~diffuseg.backbones.diffusion.Backbone` is used as it is.
         device, dtype: where and how the backbone runs (default: CUDA when available, in the
             method's published precision: DiffCut fp16, DiffSeg / DWC / k-means fp32; else CPU
             float32).
@@ -70,7 +71,7 @@ class Segmenter:
     def __init__(
         self,
         method: str = "diffcut",
-        backbone: str | Path | None = None,
+        backbone: str | Path | Any = None,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         size: int | None = None,
@@ -81,6 +82,9 @@ class Segmenter:
         **config: Any,
     ) -> None:
         self.spec: MethodSpec = get_method(method)
+        loaded = backbone if hasattr(backbone, "encode") and hasattr(backbone, "preset") else None
+        if loaded is not None:
+            backbone = loaded.preset.name
         self.backbone_name = (
             str(backbone) if backbone is not None else self.spec.default_backbone
         )
@@ -97,7 +101,7 @@ class Segmenter:
             type(clip).__name__ if self._clip is not None else str(clip))
         self.clip_size = int(clip_size)
         self.captioner_name = str(captioner) if captioner is not None else None
-        self._backbone = None
+        self._backbone = loaded
         self._captioner = None
         self._classifiers: dict[tuple[str, ...], Any] = {}
 

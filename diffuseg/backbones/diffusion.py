@@ -718,7 +718,9 @@ def load_backbone(
     del text_encoders  # only the cached empty-prompt embedding is needed from here on
 
     # loaded in the UNet's precision, then cast: fp16-rounded weights computing in fp32
-    vae = load(AutoencoderKL, "vae", torch_dtype=dtype, use_safetensors=True).to(vae_dtype)
+    vae = load(AutoencoderKL, "vae", torch_dtype=dtype, use_safetensors=True)
+    if vae_dtype != dtype:
+        vae = vae.to(vae_dtype)
     unet = load(UNet2DConditionModel, "unet", torch_dtype=dtype, use_safetensors=True)
     vae = vae.to(device).eval()
     unet = unet.to(device).eval()
