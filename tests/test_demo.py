@@ -17,7 +17,7 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 from diffuseg.demo import DemoState, launch  # noqa: E402
-from diffuseg.demo.app import EXAMPLE_IMAGE, METHOD_DEFAULT  # noqa: E402
+from diffuseg.demo.app import EXAMPLE_IMAGE, METHOD_DEFAULT, DemoError  # noqa: E402
 from diffuseg.io import coco_rle_to_mask, load_image, read_label_png  # noqa: E402
 from diffuseg.types import Encoding  # noqa: E402
 
@@ -207,6 +207,18 @@ def test_state_settings_and_limits(tmp_path):
         state.load_upload(None)
     with pytest.raises(ValueError):
         DemoState(cache_size=0, workdir=tmp_path)
+
+
+def test_settings_are_checked_on_the_server(tmp_path):
+    """Whatever the sliders allow, a request carrying NaN or out-of-range values is refused with
+    the setting's name and range, before any encoding."""
+    state = DemoState(workdir=tmp_path)
+    for settings, match in (({"tau": float("nan")}, "tau must be a finite number"),
+                            ({"tau": -1.0}, "tau must be > 0"),
+                            ({"k": 0.0}, "k must be >= 1")):
+        method = "kmeans" if "k" in settings else "ncut"
+        with pytest.raises(DemoError, match=match):
+            state.run(EXAMPLE_IMAGE, method, None, settings)
 
 
 def test_encoding_cache_is_bounded(tmp_path):

@@ -319,6 +319,9 @@ class DemoState:
         try:
             segmenter = Segmenter(method, backbone)
             overrides = self.overrides(method, settings or {})
+            # every value checked here, on the server, before any encoding: a slider's range
+            # is the browser's business, NaN or 1e9 sent over HTTP must not get further
+            segmenter.spec.make_config(overrides)
         except ValueError as exc:
             raise DemoError(str(exc)) from None
         t0 = time.perf_counter()

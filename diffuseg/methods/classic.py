@@ -24,11 +24,12 @@ from diffuseg.graph.ncut import recursive_ncut
 from diffuseg.methods import MethodSpec, register
 from diffuseg.methods.assign import segment_prototypes
 from diffuseg.methods.common import finish, output_size_for, working_size
+from diffuseg.methods.config import MethodConfig, setting
 from diffuseg.types import Encoding, Segmentation
 
 
 @dataclass(frozen=True)
-class ClassicNCutConfig:
+class ClassicNCutConfig(MethodConfig):
     """Settings of the classical image normalized cut.
 
     Attributes:
@@ -40,21 +41,22 @@ class ClassicNCutConfig:
         min_size: smallest segment as a fraction of the node count.
         max_depth: depth limit of the recursion.
         refine: PAMR + median filter after assignment.
+        refine_iterations, refine_dilations, median: PAMR iterations and dilations, median size.
         max_side: labels are computed at the output size capped to this long side.
     """
 
-    grid: int = 48
-    sigma_color: float = 12.0
-    sigma_space: float = 0.25
-    radius: float = 0.35
-    tau: float = 0.1
-    min_size: float = 0.01
-    max_depth: int | None = 8
+    grid: int = setting(48, ge=2)
+    sigma_color: float = setting(12.0, gt=0)
+    sigma_space: float = setting(0.25, gt=0)
+    radius: float = setting(0.35, gt=0)
+    tau: float = setting(0.1, gt=0)
+    min_size: float = setting(0.01, ge=0, lt=0.5)
+    max_depth: int | None = setting(8, ge=0)
     refine: bool = False
-    refine_iterations: int = 10
-    refine_dilations: tuple[int, ...] = (1, 2, 4, 8)
-    median: int = 3
-    max_side: int | None = 1024
+    refine_iterations: int = setting(10, ge=1)
+    refine_dilations: tuple[int, ...] = setting((1, 2, 4, 8), ge=1)
+    median: int = setting(3, ge=1, odd=True)
+    max_side: int | None = setting(1024, ge=1)
 
 
 def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:

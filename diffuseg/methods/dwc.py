@@ -63,7 +63,8 @@ from typing import Any
 
 import torch
 
-from diffuseg.graph.ncut import CutResult, StoppingRule
+from diffuseg.graph.eigen import SOLVERS
+from diffuseg.graph.ncut import MODES, SWEEPS, CutResult, StoppingRule
 from diffuseg.graph.stopping import (
     STOPPING_RULES,
     ConstantTau,
@@ -83,11 +84,12 @@ from diffuseg.graph.walk import (
 from diffuseg.methods import MethodSpec, register
 from diffuseg.methods.assign import assign_concepts
 from diffuseg.methods.common import finish, output_size_for, working_size
+from diffuseg.methods.config import MethodConfig, setting
 from diffuseg.types import Encoding, Segmentation
 
 
 @dataclass(frozen=True)
-class DWCConfig:
+class DWCConfig(MethodConfig):
     """DWC settings (the paper publishes no code; defaults are diffuseg's, chosen by measurement
     on planted attention - see the module docstring).
 
@@ -114,25 +116,25 @@ class DWCConfig:
             then upsampled nearest.
     """
 
-    graph: str = "reversible"
-    k: int = 1
-    alpha: float = 10.0
-    stopping: str = "gap"
+    graph: str = setting("reversible", choices=GRAPHS)
+    k: int = setting(1, ge=1)
+    alpha: float = setting(10.0, gt=0)
+    stopping: str = setting("gap", choices=tuple(sorted(STOPPING_RULES)))
     stopping_params: tuple[tuple[str, Any], ...] = ()
-    tau: float = 0.5
-    min_size: int = 1
-    max_depth: int | None = None
+    tau: float = setting(0.5, gt=0)
+    min_size: int = setting(1, ge=1)
+    max_depth: int | None = setting(None, ge=0)
     self_loops: bool = False
-    mode: str = "fast"
-    sweep: str = "exact"
-    solver: str = "auto"
-    teleport: float = TELEPORT
-    weights: tuple[float, ...] | None = None
+    mode: str = setting("fast", choices=MODES)
+    sweep: str = setting("exact", choices=SWEEPS)
+    solver: str = setting("auto", choices=SOLVERS)
+    teleport: float = setting(TELEPORT, ge=0, lt=1)
+    weights: tuple[float, ...] | None = setting(None, ge=0)
     refine: bool = False
-    refine_iterations: int = 10
-    refine_dilations: tuple[int, ...] = (1, 2, 4, 8)
-    median: int = 3
-    max_side: int | None = 1024
+    refine_iterations: int = setting(10, ge=1)
+    refine_dilations: tuple[int, ...] = setting((1, 2, 4, 8), ge=1)
+    median: int = setting(3, ge=1, odd=True)
+    max_side: int | None = setting(1024, ge=1)
 
     def __post_init__(self) -> None:
         params = self.stopping_params
@@ -140,18 +142,7 @@ class DWCConfig:
             params = rule_params(params)
         pairs = tuple(sorted((str(k), v) for k, v in dict(params).items()))
         object.__setattr__(self, "stopping_params", pairs)
-        for name in ("weights", "refine_dilations"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, tuple):
-                object.__setattr__(self, name, tuple(value))
-        if self.graph not in GRAPHS:
-            raise ValueError(f"unknown graph {self.graph!r}; choose from {GRAPHS}")
-        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
-            raise ValueError(f"k must be a positive int, got {self.k!r}")
-        if self.stopping not in STOPPING_RULES:
-            raise ValueError(
-                f"unknown stopping rule {self.stopping!r}; available: {sorted(STOPPING_RULES)}"
-            )
+        super().__post_init__()  # types and ranges of every field (methods/config.py)
         self.stopping_rule()  # fail now on bad rule parameters
 
     def stopping_rule(self) -> StoppingRule | TreeRule:

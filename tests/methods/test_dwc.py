@@ -122,9 +122,10 @@ def test_registration_and_config():
     assert by_dict.stopping_rule() == SweepContrast(0.7)
     hash(by_dict)  # frozen configs stay hashable
     for bad, match in [
-        ({"graph": "knn"}, "unknown graph"),
-        ({"k": 0}, "positive int"),
-        ({"stopping": "otsu"}, "unknown stopping rule"),
+        ({"graph": "knn"}, "graph must be one of reversible, plain, features"),
+        ({"k": 0}, "k must be >= 1"),
+        ({"k": 2.5}, "k must be an integer"),
+        ({"stopping": "otsu"}, "stopping must be one of constant, gap"),
         ({"stopping": "sweep", "stopping_params": {"tau": 1}}, "bad parameters"),
         ({"stopping": "constant", "stopping_params": {"tau": 1}}, "DWCConfig.tau"),
     ]:
