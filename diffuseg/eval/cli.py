@@ -1,8 +1,12 @@
 """``diffuseg eval``: evaluate a method on a dataset, and ``diffuseg eval compare``.
 
 Mounted by the main app with ``app.add_typer(eval_app, name="eval")``. Errors (missing dataset
-root, unknown settings, records of another run in --out, --open-vocab on a dataset without an
-open-vocabulary benchmark, missing CLIP weights) are one line on stderr and exit code 2.
+root, unknown settings or values out of range, records of another run in --out, a damaged
+run.json, an --out or --encodings that cannot be a writable folder, --open-vocab on a dataset
+without an open-vocabulary benchmark, missing CLIP weights; for ``compare`` a file that is not a
+result, one line per file) are one line on stderr and exit code 2. Images of the dataset that
+cannot be read do not stop the run: the results are printed, then one error line per failed
+image and a summary, and the exit code is 1 (``--resume`` retries them).
 
 ``--open-vocab`` adds DiffCut's open-vocabulary benchmark (VOC, Pascal Context-59, COCO-Object) to
 the same run: segments named by CLIP (``--clip``, default DiffCut's ConvNeXt-L), per-image
@@ -106,18 +110,19 @@ def run(
             timesteps = timesteps[0] if len(timesteps) == 1 else timesteps
         if open_vocab:
             open_vocab_prompts(dataset, vocabulary)  # the dataset has the benchmark
+        settings = EvalSettings(  # checks the sizes, --batch-size, --limit, --num-clusters
+            dataset=dataset, root=str(root), method=method, backbone=backbone, params=params,
+            protocol=protocol or ("diffseg" if method == "diffseg" else "diffcut"),
+            input_size=input_size, score_size=score_size, limit=limit, matching=matching,
+            num_clusters=num_clusters,
+            dataset_kw={"diffcut_compat": True} if diffcut_compat else {},
+            batch_size=batch_size, device=device, dtype=dtype,
+            open_vocab=open_vocab, clip=clip, vocabulary=vocabulary,
+            clip_normalize=clip_normalize, attention_timestep=timesteps,
+            preprocessing=preprocessing,
+        )
     except (ValueError, typer.BadParameter) as exc:
         _fail(str(exc))
-    settings = EvalSettings(
-        dataset=dataset, root=str(root), method=method, backbone=backbone, params=params,
-        protocol=protocol or ("diffseg" if method == "diffseg" else "diffcut"),
-        input_size=input_size, score_size=score_size, limit=limit, matching=matching,
-        num_clusters=num_clusters,
-        dataset_kw={"diffcut_compat": True} if diffcut_compat else {},
-        batch_size=batch_size, device=device, dtype=dtype,
-        open_vocab=open_vocab, clip=clip, vocabulary=vocabulary, clip_normalize=clip_normalize,
-        attention_timestep=timesteps, preprocessing=preprocessing,
-    )
     from diffuseg.backbones.registry import WeightsNotFoundError
 
     try:
@@ -129,17 +134,33 @@ def run(
 
     typer.echo(results_markdown([result]), nl=False)
     typer.echo(f"results: {Path(out) / 'results.json'}")
+    failed = result.get("failed") or []
+    if failed:
+        for f in failed:
+            where = f" ({f['path']})" if f.get("path") else ""
+            typer.echo(f"error: image {f['id']!r}{where}: {f['error']}", err=True)
+        typer.echo(f"error: {len(failed)} of {len(failed) + result['num_images']} images could "
+                   "not be read and are not scored; fix them and run again with --resume",
+                   err=True)
+        raise typer.Exit(1)
 
 
 @eval_app.command("compare")
 def compare(
     results: Annotated[list[Path], typer.Argument(help="results.json files or --out folders")],
 ) -> None:
-    """Print one markdown table of several evaluation results."""
+    """Print one markdown table of several evaluation results; a file that is not one is an
+    error line naming it and its wrong keys (every bad file is named, exit code 2)."""
     from diffuseg.eval.runner import load_result, results_markdown
 
-    try:
-        loaded = [load_result(p) for p in results]
-    except ValueError as exc:
-        _fail(str(exc))
+    loaded, errors = [], []
+    for p in results:
+        try:
+            loaded.append(load_result(p))
+        except ValueError as exc:
+            errors.append(str(exc))
+    if errors:
+        for message in errors:
+            typer.echo(f"error: {message}", err=True)
+        raise typer.Exit(2)
     typer.echo(results_markdown(loaded), nl=False)

@@ -17,6 +17,33 @@ from PIL import Image
 
 from diffuseg.eval import labelmaps as lm
 
+#: What reading one damaged file can raise: PIL's UnidentifiedImageError and truncated data are
+#: OSErrors, some decoders raise SyntaxError / EOFError, oversized images DecompressionBombError.
+READ_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+
+class SampleError(ValueError):
+    """One sample of a dataset cannot be read (a damaged image or label file, or the two of
+    different sizes). The evaluation records it as a failed image and goes on.
+
+    Attributes:
+        image_id: the sample's image id.
+        path: the file that could not be read (None when the pair disagrees).
+        cause: what went wrong, one line.
+    """
+
+    def __init__(self, image_id: str, path: Path | None, cause: str) -> None:
+        self.image_id, self.path, self.cause = image_id, path, cause
+        where = f" ({path})" if path is not None else ""
+        super().__init__(f"image {image_id!r}{where}: {cause}")
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for an exception: its type and message (whitespace folded)."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
 
 class SegDataset:
     """A list of (image_id, image path, label path) and the label map of a dataset.
@@ -92,12 +119,22 @@ class SegDataset:
         return self._lut[raw]
 
     def __getitem__(self, index: int) -> tuple[str, np.ndarray, np.ndarray]:
+        """``(image_id, image, label)``; raises :class:`SampleError` (naming the image id, the
+        file and the cause) when the image or label file is damaged or the two differ in
+        size."""
         image_id, img_path, lab_path = self.items[index]
-        with Image.open(img_path) as im:
-            image = np.asarray(im.convert("RGB"), dtype=np.uint8)
-        label = self.read_label(lab_path)
+        try:
+            with Image.open(img_path) as im:
+                image = np.asarray(im.convert("RGB"), dtype=np.uint8)
+        except READ_ERRORS as exc:
+            raise SampleError(image_id, img_path, describe_error(exc)) from exc
+        try:
+            label = self.read_label(lab_path)
+        except READ_ERRORS as exc:
+            raise SampleError(image_id, lab_path, describe_error(exc)) from exc
         if label.shape != image.shape[:2]:
-            raise ValueError(f"{image_id}: image {image.shape[:2]} and label {label.shape} differ")
+            raise SampleError(image_id, None, f"image {image.shape[:2]} and label "
+                                              f"{label.shape} differ in size")
         return image_id, image, label
 
     def describe(self) -> dict:

@@ -7,6 +7,35 @@ cover, so a killed run continues with identical final numbers: nothing lost, not
 twice (records are keyed by dataset index). A damaged *last* line (the crash hit mid-write) is
 cut off and its image redone; a damaged line elsewhere is an error.
 
+Which settings made a record: every record carries ``"run"``, the digest of
+:meth:`EvalSettings.identity` (:func:`run_digest`), and ``run.json`` holds that identity in
+full. Resume refuses ("records of other settings") when run.json holds another identity, or
+when any record carries another digest, even with run.json deleted. Records written before
+records carried a digest are resumed only when run.json exists and holds this run's identity:
+without it nothing tells what made them, so they are refused too. A run.json (or
+``method_config.json``) that is not a readable JSON object is an error naming the file.
+
+Images that cannot be read: a damaged image or label file (``SampleError`` from the dataset:
+PIL's UnidentifiedImageError, a truncated JPEG, ...) or a sample the preprocessing rejects does
+not stop the run. The image is appended to ``failures.jsonl`` (``failures.rank<r>.jsonl``
+sharded; checksummed lines with its index, id, file, cause and the settings digest), it gets no
+record and no counts, and the loop goes on with the next image; the images recorded before it
+stay recorded (one durable record per image). The result lists the images still without a
+record under ``failed`` (``[{"i", "id", "path", "error"}]``; empty when none) and
+``num_images`` counts the images *scored*; results.md shows "N (k failed)" and a list of them,
+and the CLI prints one error line per failed image and exits with code 1. ``resume=True``
+retries every image without a record, the failed ones included (an image that now reads is
+scored and leaves the list). Errors while segmenting or scoring are not caught: they are bugs
+or backbone failures, not bad data, and stop the run as before.
+
+Settings and folders: :class:`EvalSettings` refuses degenerate values when it is made (and
+:func:`evaluate` checks again): ``input_size``, ``score_size``, ``batch_size``, ``limit`` and
+``num_clusters`` are integers >= 1 (None where allowed: the protocol's sizes, every image, no
+clusters), dataset-level matching needs ``num_clusters``. ``out_dir`` must be (or be creatable
+as) a writable folder, ``encodings`` a folder (a read-only cache holding every Encoding is
+fine): a file in the way, no permission, or a virtual file system such as /proc is one
+ValueError naming the path (:func:`prepare_folder`), before any image is read.
+
 Sharding: under ``torchrun --nproc_per_node N`` (env ``RANK`` / ``WORLD_SIZE``) process r takes
 ``indices[r::N]`` (never ``DistributedSampler``, which pads by repeating images), writes its own
 ``records.rank<r>.jsonl``, and the integer counts are all-reduced once at the end (gloo on CPU),
@@ -42,7 +71,8 @@ What follows DiffCut's ``eval_diffcut_openvoc.py`` and what does not:
   turns that on).
 
 Outputs in ``out_dir``: ``run.json`` (the settings the records belong to), the records,
-``method_config.json`` (the resolved method settings), ``results.json`` and ``results.md``.
+``failures.jsonl`` (only when an image could not be read), ``method_config.json`` (the
+resolved method settings), ``results.json`` and ``results.md``.
 """
 
 from __future__ import annotations
@@ -60,7 +90,13 @@ import numpy as np
 from PIL import Image
 
 from diffuseg.eval import published
-from diffuseg.eval.datasets import SegDataset, get_dataset
+from diffuseg.eval.datasets import (
+    READ_ERRORS,
+    SampleError,
+    SegDataset,
+    describe_error,
+    get_dataset,
+)
 from diffuseg.eval.matching import (
     Scores,
     cluster_histogram,
@@ -91,11 +127,26 @@ PROTOCOLS: dict[str, Protocol] = {
 
 def get_protocol(name: str, input_size: int | None = None,
                  score_size: int | None = None) -> Protocol:
-    """A protocol by name, optionally with another input or score size."""
+    """A protocol by name, optionally with another input or score size (None: the protocol's;
+    any other value must be an integer >= 1, 0 is not a default)."""
     if name not in PROTOCOLS:
         raise ValueError(f"unknown protocol {name!r}; available: {', '.join(PROTOCOLS)}")
+    _check_int("input_size", input_size, 1, optional=True)
+    _check_int("score_size", score_size, 1, optional=True)
     p = PROTOCOLS[name]
-    return Protocol(p.name, input_size or p.input_size, score_size or p.score_size)
+    return Protocol(p.name, p.input_size if input_size is None else int(input_size),
+                    p.score_size if score_size is None else int(score_size))
+
+
+def _check_int(name: str, value: Any, minimum: int, optional: bool = False) -> None:
+    """ValueError naming the option and its valid range unless ``value`` is an integer >=
+    ``minimum`` (or None when ``optional``)."""
+    if value is None and optional:
+        return
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if not ok or value < minimum:
+        valid = f"an integer >= {minimum}" + (" or None" if optional else "")
+        raise ValueError(f"{name} must be {valid}, got {value!r}")
 
 
 def center_square(array: np.ndarray) -> np.ndarray:
@@ -209,6 +260,28 @@ class EvalSettings:
     attention_timestep: int | list[int] | None = None
     preprocessing: str = "standard"
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """ValueError naming the setting and its valid range for a degenerate value: sizes,
+        ``batch_size``, ``limit`` and ``num_clusters`` are integers >= 1 (None where the field
+        allows it), ``matching`` is "hungarian" or "dataset" (the latter with ``num_clusters``),
+        ``preprocessing`` one of :data:`PREPROCESSING`. Run on construction and again by
+        :func:`evaluate` (the fields can be changed in between)."""
+        get_protocol(self.protocol, self.input_size, self.score_size)  # name and sizes
+        _check_int("batch_size", self.batch_size, 1)
+        _check_int("limit", self.limit, 1, optional=True)
+        _check_int("num_clusters", self.num_clusters, 1, optional=True)
+        if self.matching not in ("hungarian", "dataset"):
+            raise ValueError(f"matching must be 'hungarian' or 'dataset', got {self.matching!r}")
+        if self.matching == "dataset" and self.num_clusters is None:
+            raise ValueError("dataset-level matching needs num_clusters (an integer >= 1: a "
+                             "fixed number of clusters whose ids mean the same in every image)")
+        if self.preprocessing not in PREPROCESSING:
+            raise ValueError(f"preprocessing must be one of {', '.join(PREPROCESSING)}, got "
+                             f"{self.preprocessing!r}")
+
     def identity(self) -> dict[str, Any]:
         """The settings that decide every per-image record (resume must not mix them).
 
@@ -251,7 +324,14 @@ def _parse(line: bytes) -> dict | None:
     if not isinstance(rec, dict) or "check" not in rec:
         return None
     check = rec.pop("check")
-    return rec if check == _digest(rec) else None
+    if check != _digest(rec):
+        return None
+    # what every reader relies on: the dataset index and the image id
+    index = rec.get("i")
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0 \
+            or not isinstance(rec.get("id"), str):
+        return None
+    return rec
 
 
 def read_records(path: Path, repair: bool = False) -> dict[int, dict]:
@@ -333,29 +413,115 @@ def _records_path(out_dir: Path, rank: int, world: int) -> Path:
     return out_dir / ("records.jsonl" if world == 1 else f"records.rank{rank}.jsonl")
 
 
-def _load_all_records(out_dir: Path, own: Path) -> dict[int, dict]:
+def _failures_path(out_dir: Path, rank: int, world: int) -> Path:
+    return out_dir / ("failures.jsonl" if world == 1 else f"failures.rank{rank}.jsonl")
+
+
+def _load_all_records(out_dir: Path, own: Path, pattern: str = "records*.jsonl"
+                      ) -> dict[int, dict]:
     records: dict[int, dict] = {}
-    for path in sorted(out_dir.glob("records*.jsonl")):
+    for path in sorted(out_dir.glob(pattern)):
         for i, rec in read_records(path, repair=(path == own)).items():
             records.setdefault(i, rec)
     return records
 
 
-def _check_run(out_dir: Path, settings: EvalSettings, resume: bool) -> None:
+def run_digest(settings: EvalSettings) -> str:
+    """The digest of ``settings.identity()`` that every record (and failure line) carries as
+    ``"run"``: resume takes only records of the run's own digest."""
+    return _digest(settings.identity())
+
+
+_JSON_KINDS = {list: "a list", str: "a string", int: "a number", float: "a number",
+               bool: "a boolean", type(None): "null"}
+
+
+def read_json_object(path: Path, hint: str = "") -> dict:
+    """The JSON object in ``path``; one ValueError naming the file and what is wrong with it
+    (unreadable, not UTF-8, not JSON, or JSON but not an object), ``hint`` appended."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # JSONDecodeError, UnicodeDecodeError: ValueErrors
+        raise ValueError(f"{path}: damaged, not a JSON object ({describe_error(exc)})"
+                         f"{hint}") from exc
+    if not isinstance(data, dict):
+        kind = _JSON_KINDS.get(type(data), type(data).__name__)
+        raise ValueError(f"{path}: expected a JSON object, found {kind}{hint}")
+    return data
+
+
+def prepare_folder(path: Path, what: str, probe: bool = True) -> None:
+    """Create ``path`` (with its parents) and, when ``probe``, check that a file can be written
+    in it; else one ValueError that names ``what``, the path and the cause (a file in the way,
+    no permission, a read-only or virtual file system such as /proc). The Encoding cache is
+    not probed: a read-only cache that holds every Encoding is fine."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {path} is a file, not a folder")
+    for parent in path.parents:  # the nearest existing ancestor must be a folder
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{what} {path} cannot be created: {parent} is a file, "
+                                 "not a folder")
+            break
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"{what} {path} cannot be created: {exc.strerror or exc}") from exc
+    if not probe:
+        return
+    test_file = path / f".diffuseg-write-test-{os.getpid()}"
+    try:
+        test_file.write_bytes(b"")
+        test_file.unlink()
+    except OSError as exc:
+        raise ValueError(f"{what} {path} is not writable: {exc.strerror or exc}") from exc
+
+
+def _check_run(out_dir: Path, settings: EvalSettings, resume: bool) -> bool:
+    """Refuse a folder whose run.json or records do not belong to this run; True when run.json
+    exists and holds this run's identity."""
     run_file = out_dir / "run.json"
     identity = settings.identity()
-    has_records = any(out_dir.glob("records*.jsonl"))
-    if run_file.is_file():
-        saved = json.loads(run_file.read_text())
+    has_records = any(out_dir.glob("records*.jsonl")) or any(out_dir.glob("failures*.jsonl"))
+    if run_file.exists() or run_file.is_symlink():
+        if not run_file.is_file():
+            raise ValueError(f"{run_file}: not a file (it should hold the settings of the "
+                             "records in this folder); remove it or choose a new --out")
+        saved = read_json_object(run_file, hint=": it should hold the settings of the records "
+                                 "in this folder; remove it (records carry their settings' "
+                                 "digest) or choose a new --out")
         if has_records and not resume:
             raise ValueError(f"{out_dir} already holds records of a run: pass --resume to "
                              "continue it, or choose a new --out")
         if saved != identity and has_records:
-            diff = sorted(k for k in identity if saved.get(k) != identity[k])
+            diff = sorted(k for k in {*identity, *saved} if saved.get(k) != identity.get(k))
             raise ValueError(f"{out_dir} holds records of other settings ({', '.join(diff)}); "
                              "choose a new --out")
-    elif has_records and not resume:
+        return saved == identity
+    if has_records and not resume:
         raise ValueError(f"{out_dir} already holds records: pass --resume or a new --out")
+    return False
+
+
+def _check_record_runs(out_dir: Path, records: dict[int, dict], digest: str,
+                       run_matches: bool) -> None:
+    """Resume only records made with this run's settings: each carries the digest of the
+    identity it was made with. Records without one (written before records carried it) are
+    taken only when run.json exists and holds this run's identity (run.json was checked by
+    :func:`_check_run`); without it nothing tells what made them."""
+    other = sorted(i for i, rec in records.items() if "run" in rec and rec["run"] != digest)
+    if other:
+        rec = records[other[0]]
+        raise ValueError(f"{out_dir} holds records of other settings ({len(other)} record(s), "
+                         f"e.g. image {rec['id']!r} made with settings digest {rec['run']}, "
+                         f"this run's is {digest}); choose a new --out")
+    old = sorted(i for i, rec in records.items() if "run" not in rec)
+    if old and not run_matches:
+        raise ValueError(f"{out_dir} holds {len(old)} record(s) without a settings digest (made "
+                         "before records carried one) and no run.json with this run's settings "
+                         "to vouch for them: they may be records of other settings; choose a "
+                         "new --out")
 
 
 def evaluate(
@@ -389,12 +555,16 @@ def evaluate(
             that did not save them is refused (recomputed files could disagree with records).
     Returns:
         The result dict (also written as results.json / results.md by rank 0): ``miou`` and
-        ``pixel_accuracy`` in [0, 1], ``per_class_iou``, ``counts``, ``num_images``, the
-        protocol and score resolution, the resolved config and the published numbers; with
-        ``open_vocab`` also an ``open_vocab`` block (see the module docstring).
+        ``pixel_accuracy`` in [0, 1], ``per_class_iou``, ``counts``, ``num_images`` (scored),
+        ``failed`` (the images that could not be read: ``[{"i", "id", "path", "error"}]``, not
+        counted; see the module docstring), the protocol and score resolution, the resolved
+        config and the published numbers; with ``open_vocab`` also an ``open_vocab`` block.
     Raises:
-        ValueError: bad settings (``open_vocab`` on another dataset, ...), records of another
-            run in ``out_dir``; ``WeightsNotFoundError`` (a ValueError) for missing weights.
+        ValueError: bad settings (degenerate values, ``open_vocab`` on another dataset, ...),
+            records of another run in ``out_dir`` (or records without a settings digest and no
+            matching run.json), a damaged run.json / method_config.json, an ``out_dir`` or
+            ``encodings`` that cannot be a folder; ``WeightsNotFoundError`` (a ValueError) for
+            missing weights. A damaged image is not raised: it is listed in ``failed``.
     """
     import torch
 
@@ -405,24 +575,19 @@ def evaluate(
         prompts = open_vocab_prompts(settings.dataset, settings.vocabulary)
     elif settings.clip is not None or clip is not None:
         raise ValueError("a CLIP model is used only by open-vocabulary evaluation (open_vocab)")
+    settings.validate()  # the fields may have changed since construction
     rank, world = _dist_env()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    prepare_folder(out_dir, "output folder")
+    if encodings is not None and Path(encodings).exists() and not Path(encodings).is_dir():
+        raise ValueError(f"encodings folder {encodings} is a file, not a folder")
     ds = dataset if dataset is not None else get_dataset(settings.dataset, settings.root,
                                                          **settings.dataset_kw)
     if settings.open_vocab and ds.num_classes != len(prompts):
         raise ValueError(f"dataset {ds.name!r} has {ds.num_classes} classes but the "
                          f"open-vocabulary classes of {settings.dataset!r} are {len(prompts)}")
     protocol = get_protocol(settings.protocol, settings.input_size, settings.score_size)
-    prepare = PREPROCESSING.get(settings.preprocessing)
-    if prepare is None:
-        raise ValueError(f"preprocessing must be one of {', '.join(PREPROCESSING)}, got "
-                         f"{settings.preprocessing!r}")
-    if settings.matching not in ("hungarian", "dataset"):
-        raise ValueError(f"matching must be 'hungarian' or 'dataset', got {settings.matching!r}")
-    if settings.matching == "dataset" and not settings.num_clusters:
-        raise ValueError("dataset-level matching needs num_clusters (a fixed number of clusters "
-                         "whose ids mean the same in every image)")
+    prepare = PREPROCESSING[settings.preprocessing]
     segmenter = Segmenter(settings.method, settings.backbone, device=settings.device,
                           attention_timestep=settings.attention_timestep,
                           dtype=settings.dtype, **settings.params)
@@ -435,7 +600,18 @@ def evaluate(
             dist.init_process_group("gloo", rank=rank, world_size=world)
             pg_owned = True
     # every rank checks the same untouched folder (so all raise alike), then rank 0 writes
-    _check_run(out_dir, settings, resume)
+    # run.json: only after the records were checked against the run.json they were found with
+    digest = run_digest(settings)
+    own_path = _records_path(out_dir, rank, world)
+    own_failures = _failures_path(out_dir, rank, world)
+    run_matches = _check_run(out_dir, settings, resume)
+    records = _load_all_records(out_dir, own_path) if resume else {}
+    _check_record_runs(out_dir, records, digest, run_matches)
+    if own_failures.is_file():  # a line cut by a crash must not be followed by new ones
+        read_records(own_failures, repair=True)
+    if (out_dir / "method_config.json").is_file():  # read back by the results
+        read_json_object(out_dir / "method_config.json", hint=": remove it (it is written "
+                         "again from the method's settings) or choose a new --out")
     if world > 1:
         dist.barrier()
     if rank == 0:
@@ -444,8 +620,6 @@ def evaluate(
     n = len(ds) if settings.limit is None else min(settings.limit, len(ds))
     indices = list(range(n))
     mine = indices[rank::world]
-    own_path = _records_path(out_dir, rank, world)
-    records = _load_all_records(out_dir, own_path) if resume else {}
     ids = ds.image_ids()
     for i, rec in records.items():
         if i < len(ids) and rec["id"] != ids[i]:
@@ -474,24 +648,49 @@ def evaluate(
     namer = _ClipNamer(settings, prompts, ds, protocol, clip) if settings.open_vocab else None
     if namer is not None and todo:
         namer.load()  # before any image: missing weights fail at once
-    bar = _progress(len(mine), len(mine) - len(todo), progress, rank, settings)
-    writer = RecordWriter(own_path)
     needs = sorted(segmenter.spec.needs & {"features", "attention"})
     cache = None
     if encodings is not None and needs:
+        prepare_folder(Path(encodings), "encodings folder", probe=False)
         cache = encoding_cache_dir(Path(encodings), segmenter.backbone_name, protocol.input_size,
                                    needs, ds.name, settings.preprocessing)
-        cache.mkdir(parents=True, exist_ok=True)
+        prepare_folder(cache, "encodings folder", probe=False)
     expected = _encoding_meta(segmenter, settings, needs, protocol) if needs else {}
     method_config_path = out_dir / "method_config.json"
+    bar = _progress(len(mine), len(mine) - len(todo), progress, rank, settings)
+    writer = RecordWriter(own_path)
+    failures: dict[int, dict] = {}  # this process's images that could not be read, this run
+    failure_writer: RecordWriter | None = None
+
+    def fail(i: int, exc: BaseException) -> None:
+        nonlocal failure_writer
+        if isinstance(exc, SampleError):
+            entry = {"i": int(i), "id": exc.image_id, "error": exc.cause,
+                     "path": None if exc.path is None else str(exc.path)}
+        else:  # a dataset passed in, or the preprocessing
+            entry = {"i": int(i), "id": ids[i], "error": describe_error(exc), "path": None}
+        entry["run"] = digest
+        if failure_writer is None:
+            failure_writer = RecordWriter(own_failures)
+        failure_writer.write(entry)
+        failures[i] = entry
+        bar.update(1)
+        bar.set_postfix({"mIoU": f"{running.miou * 100:.1f}", "failed": len(failures)})
+
     try:
-        for start in range(0, len(todo), max(1, settings.batch_size)):
-            chunk = todo[start : start + max(1, settings.batch_size)]
+        for start in range(0, len(todo), settings.batch_size):
+            chunk = todo[start : start + settings.batch_size]
             samples = []
             for i in chunk:
-                image_id, image, label = ds[i]
-                img, lab = prepare(image, label, protocol)
+                try:
+                    image_id, image, label = ds[i]
+                    img, lab = prepare(image, label, protocol)
+                except READ_ERRORS as exc:  # a damaged image: recorded as failed, run goes on
+                    fail(i, exc)
+                    continue
                 samples.append((i, image_id, img, lab))
+            if not samples:
+                continue
             encs = _encodings(segmenter, samples, needs, cache, protocol, expected,
                               settings.batch_size)
             for (i, image_id, img, lab), enc in zip(samples, encs, strict=True):
@@ -505,7 +704,7 @@ def evaluate(
                         {"refine": True} if refine else {})})
                 scored = score_image(img, lab, seg.method_labels, ds, settings,
                                      config if refine else None)
-                rec = {"i": int(i), "id": image_id, **scored.record}
+                rec = {"i": int(i), "id": image_id, "run": digest, **scored.record}
                 if namer is not None:
                     rec["ov"] = namer.score(img, lab, scored.unmerged)
                     ov_running.append(rec["ov"]["jaccard"])
@@ -517,17 +716,25 @@ def evaluate(
                 postfix = {"mIoU": f"{running.miou * 100:.1f}"}
                 if namer is not None:
                     postfix["ov"] = f"{_mean_jaccard(ov_running) * 100:.1f}"
+                if failures:
+                    postfix["failed"] = len(failures)
                 bar.set_postfix(postfix)
                 if on_record is not None:
                     on_record(i, rec)
     finally:
         writer.close()
+        if failure_writer is not None:
+            failure_writer.close()
         bar.close()
 
-    # this process's share, then one all-reduce of the integer counts
+    # this process's share, then one all-reduce of the integer counts (and of a mask of the
+    # images that failed: each index is one rank's)
     records.update(read_records(own_path))
-    share = [records[i] for i in mine]
+    share = [records[i] for i in mine if i in records]
     totals = _totals(share, ds.num_classes, settings, n)
+    failed_mask = np.zeros(n, dtype=np.int64)
+    failed_mask[[i for i in mine if i not in records]] = 1
+    totals["failed"] = failed_mask
     if world > 1:
         import torch.distributed as dist
 
@@ -542,7 +749,9 @@ def evaluate(
         scores = dataset_scores(totals["hist"])
     else:
         scores = Scores(totals["tp"], totals["fp"], totals["fn"])
-    result = _result(settings, ds, protocol, scores, n, world, out_dir, segmenter)
+    failed = _failed_images(out_dir, np.flatnonzero(totals["failed"]).tolist(), failures, ids,
+                            digest)
+    result = _result(settings, ds, protocol, scores, n, world, out_dir, segmenter, failed)
     if settings.open_vocab:
         result["open_vocab"] = _open_vocab_result(settings, ds, totals, result, namer)
     if rank == 0:
@@ -553,6 +762,28 @@ def evaluate(
 
         dist.destroy_process_group()
     return result
+
+
+def _failed_images(out_dir: Path, indices: list[int], own: dict[int, dict], ids: list[str],
+                   digest: str) -> list[dict]:
+    """The ``failed`` list of the results: per failed dataset index, {"i", "id", "path",
+    "error"}; this process's from memory, another rank's from its failures file (lines of this
+    run's settings)."""
+    if not indices:
+        return []
+    others: dict[int, dict] = {}
+    if any(i not in own for i in indices):
+        for path in sorted(out_dir.glob("failures*.jsonl")):
+            for i, entry in read_records(path).items():
+                if entry.get("run") == digest:
+                    others[i] = entry
+    out = []
+    for i in indices:
+        entry = own.get(i) or others.get(i) or {"error": "could not be read (cause not found "
+                                                         "in the failures files)"}
+        out.append({"i": int(i), "id": ids[i], "path": entry.get("path"),
+                    "error": str(entry.get("error"))})
+    return out
 
 
 def _progress(total: int, initial: int, enabled: bool, rank: int, settings: EvalSettings):
@@ -685,7 +916,7 @@ class PredictionWriter:
     def __init__(self, out_dir: Path) -> None:
         self.folders = {k: Path(out_dir) / "predictions" / k for k in self.KINDS}
         for folder in self.folders.values():
-            folder.mkdir(parents=True, exist_ok=True)
+            prepare_folder(folder, "predictions folder")
 
     def paths(self, image_id: str) -> dict[str, Path]:
         return {k: f / f"{_slug(image_id)}.png" for k, f in self.folders.items()}
@@ -857,9 +1088,9 @@ def _totals(records: list[dict], num_classes: int, settings: EvalSettings, n: in
 
 
 def _result(settings: EvalSettings, ds: SegDataset, protocol: Protocol, scores: Scores,
-            n: int, world: int, out_dir: Path, segmenter) -> dict[str, Any]:
+            n: int, world: int, out_dir: Path, segmenter, failed: list[dict]) -> dict[str, Any]:
     cfg_path = out_dir / "method_config.json"
-    method_config = json.loads(cfg_path.read_text()) if cfg_path.is_file() else None
+    method_config = read_json_object(cfg_path) if cfg_path.is_file() else None
     refine = (method_config or {}).get("refine")
     backbone = segmenter.backbone_name if segmenter.spec.needs_backbone else None
     pubs = [p for p in published.lookup(settings.method, ds.name, backbone, refine=refine,
@@ -881,7 +1112,8 @@ def _result(settings: EvalSettings, ds: SegDataset, protocol: Protocol, scores: 
             "layout": "official: histogram columns max(classes, pred.max() + 1) over raw ids, "
                       "background last (DiffCut's eval_diffcut.py, DiffSeg's utils.py)",
         },
-        "num_images": n,
+        "num_images": n - len(failed),  # scored; the failed ones are listed, not counted
+        "failed": failed,
         "miou": scores.miou,
         "pixel_accuracy": scores.pixel_accuracy,
         "per_class_iou": scores.class_iou(ds.class_names),
@@ -948,9 +1180,11 @@ def results_markdown(results: list[dict], config: bool = False) -> str:
         pm = [p for p in pubs if p["metric"] == "miou"]
         pa = [p for p in pubs if p["metric"] == "pixel_accuracy"]
         res = "x".join(str(v) for v in r["score_resolution"])
+        images = f"{r['num_images']}" + (f" ({len(r['failed'])} failed)" if r.get("failed")
+                                         else "")
         row = (
             f"| {r['dataset']} | {r['method']} | {r['backbone'] or '–'} | {r['protocol']} | "
-            f"{res} | {r['num_images']} | {r['matching']} | {_pct(r['miou'])} | "
+            f"{res} | {images} | {r['matching']} | {_pct(r['miou'])} | "
             f"{_pct(r['pixel_accuracy'])} | {pm[0]['value'] if pm else '–'} | "
             f"{pa[0]['value'] if pa else '–'} |"
         )
@@ -963,6 +1197,12 @@ def results_markdown(results: list[dict], config: bool = False) -> str:
     text = "\n".join(lines) + "\n"
     if config:
         for r in results:
+            failed = r.get("failed") or []
+            if failed:
+                text += (f"\nFailed images: {len(failed)} could not be read and are not scored "
+                         "(fix them and run again with --resume to score them):\n\n")
+                text += "".join(f"- {f['id']}" + (f" ({f['path']})" if f.get("path") else "")
+                                + f": {f['error']}\n" for f in failed)
             ov = r.get("open_vocab")
             if ov:
                 text += (f"\nOpen vocabulary: CLIP {ov['clip']} at "
@@ -979,15 +1219,87 @@ def results_markdown(results: list[dict], config: bool = False) -> str:
     return text
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _json_kind(value: Any) -> str:
+    kind = _JSON_KINDS.get(type(value), "an object" if isinstance(value, dict) else None)
+    return kind or type(value).__name__
+
+
+#: What :func:`results_markdown` reads from a result (its table): key -> (test, what it must be).
+_RESULT_KEYS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "dataset": (lambda v: isinstance(v, str), "a string"),
+    "method": (lambda v: isinstance(v, str), "a string"),
+    "backbone": (lambda v: v is None or isinstance(v, str), "a string or null"),
+    "protocol": (lambda v: isinstance(v, str), "a string"),
+    "score_resolution": (lambda v: isinstance(v, list) and bool(v)
+                         and all(isinstance(x, int) and not isinstance(x, bool) for x in v),
+                         "a list of integers"),
+    "num_images": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "matching": (lambda v: isinstance(v, str), "a string"),
+    "miou": (lambda v: v is None or _is_number(v), "a number or null"),
+    "pixel_accuracy": (lambda v: v is None or _is_number(v), "a number or null"),
+}
+
+
+def _published_ok(value: Any) -> bool:
+    return value is None or (isinstance(value, list) and all(
+        isinstance(p, dict) and isinstance(p.get("metric"), str) and "value" in p
+        for p in value))
+
+
+def check_result(result: Any, source: str = "result") -> dict:
+    """``result`` if it holds what :func:`results_markdown` needs for its table, else one
+    ValueError starting with ``source`` that names every missing or wrong key."""
+    if not isinstance(result, dict):
+        raise ValueError(f"{source}: not an evaluation result (expected a JSON object, found "
+                         f"{_json_kind(result)})")
+    missing = [k for k in _RESULT_KEYS if k not in result]
+    wrong = [f"{k!r} must be {want}, found {_json_kind(result[k])} {result[k]!r:.40}"
+             for k, (test, want) in _RESULT_KEYS.items() if k in result and not test(result[k])]
+    if not _published_ok(result.get("published")):
+        wrong.append("'published' must be a list of objects with 'metric' and 'value'")
+    if result.get("failed") is not None and not isinstance(result["failed"], list):
+        wrong.append(f"'failed' must be a list, found {_json_kind(result['failed'])}")
+    ov = result.get("open_vocab")
+    if ov is not None:
+        if not isinstance(ov, dict):
+            wrong.append(f"'open_vocab' must be an object, found {_json_kind(ov)}")
+        else:
+            wrong += [f"'open_vocab.{k}' must be a number or null, found {_json_kind(ov[k])}"
+                      for k in ("miou_per_image", "miou_dataset")
+                      if ov.get(k) is not None and not _is_number(ov[k])]
+            if not _published_ok(ov.get("published")):
+                wrong.append("'open_vocab.published' must be a list of objects with 'metric' "
+                             "and 'value'")
+    if missing or wrong:
+        parts = ([f"missing key{'s' if len(missing) > 1 else ''} "
+                  f"{', '.join(repr(k) for k in missing)}"] if missing else []) + wrong
+        raise ValueError(f"{source}: not an evaluation result: {'; '.join(parts)}")
+    return result
+
+
 def load_result(path: str | Path) -> dict:
-    """A results.json (or the folder holding one)."""
+    """A results.json (or the folder holding one), checked by :func:`check_result`.
+
+    Raises:
+        ValueError: one line naming the file: missing, unreadable, not JSON, not an object,
+            or missing / wrong keys (each named).
+    """
     path = Path(path)
     if path.is_dir():
         path = path / "results.json"
     if not path.is_file():
         raise ValueError(f"no results.json at {path}")
-    return json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a JSON results file ({describe_error(exc)})") from exc
+    return check_result(data, str(path))
 
 
-__all__ = ["PROTOCOLS", "EvalSettings", "Protocol", "center_square", "evaluate",
-           "get_protocol", "load_result", "preprocess", "read_records", "results_markdown"]
+__all__ = ["PROTOCOLS", "EvalSettings", "Protocol", "center_square", "check_result", "evaluate",
+           "get_protocol", "load_result", "prepare_folder", "preprocess", "read_json_object",
+           "read_records", "results_markdown", "run_digest"]
