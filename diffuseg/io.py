@@ -3,11 +3,42 @@
 Reading: :func:`load_image` turns a path, a PIL image or an array into one (H, W, 3) uint8 RGB
 array, whatever the file's mode (EXIF rotation, CMYK, 16-bit, palette with transparency, alpha,
 grayscale, 1-bit, multi-frame), and turns every failure (missing, not an image, corrupt or
-truncated, too small, too large) into one :class:`ImageLoadError` that names the file.
+truncated, too small, too large) into one :class:`ImageLoadError` that names the file and the
+real cause:
+
+* **What is opened.** A path is opened once, non-blocking (``O_NONBLOCK``: a FIFO never blocks
+  the reader), and the open file is what gets checked: a directory, a FIFO, a device (/dev/zero)
+  or a socket is "not a regular file" (saying which), a symlink loop, a broken symlink, a
+  missing file or a file we may not read each get their own message.
+* **Memory (decompression bombs).** A file's width x height is read from its header before any
+  pixel is decoded and refused above ``max_pixels``, by default :data:`DEFAULT_MAX_PIXELS` =
+  50 Mpx (every phone's full 48 Mpx mode; about 12 bytes per pixel at the peak of a decode, so
+  ~600 MB at the limit). A 10000x9000 PNG that takes 270 kB on disk is refused at once, in
+  kilobytes of memory, instead of taking 1.5 GB (RGB) to 4.8 GB (RGBA) and half a minute to
+  decode. Trusted large files: pass ``max_pixels=`` (``None``: no limit but Pillow's own), or
+  set the environment variable ``DIFFUSEG_MAX_PIXELS`` (an integer, or ``none``), which the CLI
+  and every caller that keeps the default then use. A caller that processes the image at a
+  known size passes ``reduce_to`` (long side in pixels): a JPEG is then decoded already reduced
+  (DCT scaling, ``Image.draft``: 1/2, 1/4 or 1/8, memory and time saved, and the limit applies
+  to the reduced size), other formats are decoded and then reduced by an integer factor
+  (``Image.reduce``; the limit applies to the full size, which is what gets decoded).
+* **Damaged PNG data.** Pillow does not check the CRC of the image data (IDAT), so flipped bits
+  decode to wrong pixels silently. Every PNG's chunks are walked and each chunk's CRC-32 is
+  checked (``zlib.crc32``, streamed in 1 MiB reads) before decoding; a mismatch makes the file
+  "corrupt". The walk reads the compressed file once more (from the page cache), a few percent
+  of the decode time.
 
 Writing: every writer goes through :func:`atomic_path` (write a temp file in the same folder,
 rename it over the target on success, remove it on failure), so an interrupted run never leaves a
-half-written output that a resumed run would mistake for a finished one.
+half-written output that a resumed run would mistake for a finished one. Temp names are kept
+within the file system's name limit whatever the target's name.
+
+JSON and file names that are not valid UTF-8: on POSIX a file name is bytes, and Python maps
+the bytes that are not UTF-8 to lone surrogates U+DC80..U+DCFF (PEP 383, "surrogateescape").
+:func:`write_json` (and the masks JSON, the npz metadata) write each lone surrogate with JSON's
+own ``\\uXXXX`` escape (``"\\udce9"``), so the file is valid UTF-8 (pure ASCII there) and the
+escape is lossless: ``json.load`` gives back the very same ``str`` and ``os.fsencode`` of it
+the original bytes of the name.
 
 COCO RLE: :func:`labels_to_coco_rle` encodes a label map as one record per segment with the field
 names of SAM's automatic mask generator (``segmentation`` {"size", "counts"}, ``area``, ``bbox``
@@ -17,9 +48,12 @@ XYWH), with pycocotools when installed and an identical pure-numpy encoder other
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
+import re
+import stat
 import struct
 import tempfile
 import warnings
@@ -36,6 +70,7 @@ from scipy import ndimage
 from diffuseg.viz import overlay, palette
 
 __all__ = [
+    "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
     "ImageLoadError",
     "atomic_path",
@@ -59,6 +94,13 @@ IMAGE_EXTENSIONS = frozenset(
         ".ppm", ".pgm", ".pbm", ".pnm",
     }
 )  # fmt: skip
+
+#: Largest width x height :func:`load_image` decodes by default (see the module docstring);
+#: the environment variable ``DIFFUSEG_MAX_PIXELS`` (an integer, or "none") overrides it.
+DEFAULT_MAX_PIXELS = 50_000_000
+MAX_PIXELS_ENV = "DIFFUSEG_MAX_PIXELS"
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 # Pillow's ImageFile.LOAD_TRUNCATED_IMAGES defaults to False: a truncated file then raises in
 # img.load() instead of being padded with grey. diffuseg never changes it (see load_image).
@@ -105,19 +147,32 @@ def _minmax_to_uint8(arr: np.ndarray) -> np.ndarray:
 
 
 def _composite_on_white(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """rgb (H, W, 3) uint8 over white with alpha (H, W) uint8, rounded to nearest."""
-    a = alpha.astype(np.uint32)[..., None]
-    x = rgb.astype(np.uint32) * a + 255 * (255 - a)
-    return ((x + 127) // 255).astype(np.uint8)  # 255 is odd: x / 255 never ends in exactly .5
+    """rgb (H, W, 3) uint8 over white with alpha (H, W) uint8, rounded to nearest.
+
+    Done in bands of about a million pixels, so that the uint32 temporaries stay a few MB
+    whatever the image size."""
+    out = np.empty(rgb.shape, dtype=np.uint8)
+    rows = max(1, (1 << 20) // max(1, rgb.shape[1]))
+    for y in range(0, rgb.shape[0], rows):
+        a = alpha[y : y + rows].astype(np.uint32)[..., None]
+        x = rgb[y : y + rows].astype(np.uint32) * a + 255 * (255 - a)
+        out[y : y + rows] = (x + 127) // 255  # 255 is odd: x / 255 never ends in exactly .5
+    return out
 
 
 def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:
     return np.repeat(gray[..., None], 3, axis=2)
 
 
-def _pil_to_rgb(img: Image.Image) -> np.ndarray:
-    """A loaded PIL image (any mode) -> (H, W, 3) uint8; EXIF orientation applied."""
-    img = ImageOps.exif_transpose(img)
+def _pil_to_rgb(img: Image.Image, owned: bool = False) -> np.ndarray:
+    """A loaded PIL image (any mode) -> (H, W, 3) uint8; EXIF orientation applied.
+
+    ``owned``: the image is ours (opened from a file) and may be rotated in place, which spares
+    the full copy ``exif_transpose`` otherwise makes even of an image that needs no rotation."""
+    if owned:
+        ImageOps.exif_transpose(img, in_place=True)
+    else:
+        img = ImageOps.exif_transpose(img)
     mode = img.mode
     if mode.startswith("I;16"):
         return _gray_to_rgb(_scale_to_uint8(np.asarray(img), 65535.0))
@@ -136,7 +191,7 @@ def _pil_to_rgb(img: Image.Image) -> np.ndarray:
             return _gray_to_rgb(_scale_to_uint8(arr, 1.0))
         return _gray_to_rgb(_minmax_to_uint8(arr))
     if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
-        rgba = np.asarray(img.convert("RGBA"))
+        rgba = np.asarray(img if mode == "RGBA" else img.convert("RGBA"))
         return _composite_on_white(rgba[..., :3], rgba[..., 3])
     if mode == "RGB":
         return np.array(img, dtype=np.uint8)
@@ -194,7 +249,8 @@ def _check_size(name: str, width: int, height: int, min_size: int, max_pixels: i
         raise _fail(
             name,
             f"image is too large: {width}x{height} = {width * height:,} pixels exceeds "
-            f"max_pixels={max_pixels:,} (raise max_pixels if the file is trusted)",
+            f"max_pixels={max_pixels:,}, a bound on decoding memory (if the file is trusted, "
+            f"raise it: set {MAX_PIXELS_ENV}={width * height} or pass max_pixels=)",
         )
     if width < min_size or height < min_size:
         raise _fail(
@@ -203,27 +259,166 @@ def _check_size(name: str, width: int, height: int, min_size: int, max_pixels: i
         )
 
 
-def _open_file(path: Path, min_size: int, max_pixels: int | None) -> np.ndarray:
-    name = str(path)
-    if not path.exists():
-        raise _fail(name, "no such file")
-    if path.is_dir():
-        raise _fail(name, "is a directory, not an image file")
+def _file_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return f"of file type {stat.S_IFMT(mode):#o}"
+
+
+def _directory_reason(path: Path) -> str:
     try:
-        if path.stat().st_size == 0:
-            raise _fail(name, "the file is empty")
+        with os.scandir(path) as entries:
+            next(entries, None)
     except OSError as exc:
-        raise _fail(name, f"cannot read the file ({exc})") from exc
+        return f"is a directory that cannot be read ({exc.strerror or exc})"
+    return "is a directory, not an image file"
+
+
+def _open_failure(path: Path, exc: OSError) -> ImageLoadError:
+    """The real cause of a failed open, in words."""
+    name, code = str(path), exc.errno
+    if code == errno.ELOOP:
+        return _fail(name, "symbolic link loop (too many levels of symbolic links)")
+    if os.path.isdir(path):  # Windows refuses to open a directory with EACCES
+        return _fail(name, _directory_reason(path))
+    if code == errno.ENOENT:
+        with contextlib.suppress(OSError):
+            if stat.S_ISLNK(os.lstat(path).st_mode):
+                return _fail(name, f"broken symbolic link: its target {os.readlink(path)} "
+                                   "does not exist")
+        return _fail(name, "no such file")
+    if code == errno.ENOTDIR:
+        return _fail(name, "no such file (a part of the path is not a directory)")
+    if code in (errno.EACCES, errno.EPERM):
+        return _fail(name, "permission denied: the file cannot be read")
+    if code == errno.ENAMETOOLONG:
+        return _fail(name, "file name too long")
+    return _fail(name, f"cannot open the file ({exc.strerror or exc})")
+
+
+def _open_regular(path: Path) -> Any:
+    """Open ``path`` for reading if it is a non-empty regular file, else ImageLoadError saying
+    what it is. The open is non-blocking, so a FIFO (or a device) never blocks, and the checks
+    are made on the opened file (fstat), not on the name, so nothing can be swapped in between."""
+    name = str(path)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    flags |= getattr(os, "O_BINARY", 0)
     try:
-        # Our own max_pixels check below is the limit that counts; Pillow's softer bomb warning
-        # (at Image.MAX_IMAGE_PIXELS) would only duplicate it. Its hard error (twice that) is
-        # turned into a clear message below.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                _check_size(name, img.width, img.height, 0, max_pixels)  # before decoding
-                img.load()  # decode now, inside the try: truncation and corruption raise here
-                rgb = _pil_to_rgb(img)
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise _open_failure(path, exc) from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise _fail(name, _directory_reason(path))
+        if not stat.S_ISREG(st.st_mode):
+            raise _fail(name, f"not a regular file: it is {_file_kind(st.st_mode)}")
+        if st.st_size == 0:
+            raise _fail(name, "the file is empty")
+        with contextlib.suppress(OSError, AttributeError):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _verify_png_chunks(fh: Any, name: str) -> None:
+    """Walk a PNG's chunks and check each one's CRC-32 (Pillow skips IDAT's); the file position
+    is restored. Streams in 1 MiB reads, so a chunk's declared length costs no memory."""
+    pos = fh.tell()
+    try:
+        fh.seek(0)
+        if fh.read(8) != _PNG_SIGNATURE:
+            return
+        offset = 8
+        while True:
+            head = fh.read(8)
+            if not head:
+                return  # no IEND: Pillow decides whether the data it needs is all there
+            cut = f"the file is corrupt or truncated (the PNG chunk at byte {offset} is cut short)"
+            if len(head) < 8:
+                raise _fail(name, cut)
+            length, kind = struct.unpack(">I4s", head)
+            if length > 0x7FFFFFFF or not kind.isalpha():
+                raise _fail(name, f"the file is corrupt (bad PNG chunk header at byte {offset})")
+            cut = cut.replace("the PNG chunk", f"PNG chunk {kind.decode('ascii')}")
+            crc = zlib.crc32(kind)
+            left = length
+            while left:
+                buf = fh.read(min(left, 1 << 20))
+                if not buf:
+                    raise _fail(name, cut)
+                crc = zlib.crc32(buf, crc)
+                left -= len(buf)
+            stored = fh.read(4)
+            if len(stored) < 4:
+                raise _fail(name, cut)
+            if struct.unpack(">I", stored)[0] != crc:
+                raise _fail(name, f"the file is corrupt: PNG chunk {kind.decode('ascii')} at "
+                                  f"byte {offset} fails its CRC check (damaged data)")
+            if kind == b"IEND":
+                return
+            offset += 12 + length
+    finally:
+        fh.seek(pos)
+
+
+def _resolve_max_pixels(max_pixels: int | str | None) -> int | None:
+    if max_pixels != "default":
+        return None if max_pixels is None else int(max_pixels)
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_PIXELS
+    if raw.lower() == "none":
+        return None
+    try:
+        return int(raw.replace("_", ""))
+    except ValueError:
+        raise ImageLoadError(
+            f"{MAX_PIXELS_ENV} must be a pixel count or 'none', got {raw!r}") from None
+
+
+def _reduce(rgb: np.ndarray, reduce_to: int | None) -> np.ndarray:
+    """Reduce by the largest integer factor that keeps the long side >= reduce_to."""
+    factor = max(rgb.shape[:2]) // reduce_to if reduce_to else 1
+    if factor < 2:
+        return rgb
+    return np.array(Image.fromarray(rgb).reduce(factor), dtype=np.uint8)
+
+
+def _open_file(path: Path, min_size: int, max_pixels: int | None,
+               reduce_to: int | None = None) -> np.ndarray:
+    name = str(path)
+    try:
+        with _open_regular(path) as fh:
+            # PNG: size from the header, then every chunk's CRC, before Pillow reads anything
+            # (Pillow would call a damaged ancillary chunk "not an image")
+            head = fh.read(24)
+            fh.seek(0)
+            if head[:8] == _PNG_SIGNATURE and head[12:16] == b"IHDR":
+                width, height = struct.unpack(">II", head[16:24])
+                _check_size(name, width, height, 0, max_pixels)
+                _verify_png_chunks(fh, name)
+            # Our own max_pixels check below is the limit that counts; Pillow's softer bomb
+            # warning (at Image.MAX_IMAGE_PIXELS) would only duplicate it. Its hard error (twice
+            # that) is turned into a clear message below.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(fh) as img:
+                    if reduce_to and img.format == "JPEG" and max(img.size) > reduce_to:
+                        scale = reduce_to / max(img.size)  # DCT scaling: decoded smaller
+                        img.draft(img.mode, (max(1, math.ceil(img.width * scale)),
+                                             max(1, math.ceil(img.height * scale))))
+                    _check_size(name, img.width, img.height, 0, max_pixels)  # before decoding
+                    img.load()  # decode now, inside the try: truncation and corruption raise
+                    rgb = _pil_to_rgb(img, owned=True)
     except ImageLoadError:
         raise
     except Image.DecompressionBombError as exc:
@@ -238,27 +433,38 @@ def _open_file(path: Path, min_size: int, max_pixels: int | None) -> np.ndarray:
     except _DECODE_ERRORS as exc:
         reason = f"the file is corrupt or truncated ({type(exc).__name__}: {exc})"
         raise _fail(name, reason) from exc
+    rgb = _reduce(rgb, reduce_to)
     _check_size(name, rgb.shape[1], rgb.shape[0], min_size, None)
     return rgb
 
 
 def load_image(
-    src: str | os.PathLike | Image.Image | np.ndarray,
+    src: str | bytes | os.PathLike | Image.Image | np.ndarray,
     *,
     min_size: int = 8,
-    max_pixels: int | None = 100_000_000,
+    max_pixels: int | str | None = "default",
+    reduce_to: int | None = None,
 ) -> np.ndarray:
     """Load an image as RGB, whatever it is stored as.
 
     Args:
-        src: a path (str or PathLike); a PIL image; or a channels-last array: (H, W, 3) or
+        src: a path (str, bytes or PathLike: bytes are a file name, as for ``open``, never
+            image data); a PIL image; or a channels-last array: (H, W, 3) or
             (H, W) gray or (H, W, 4) RGBA or (H, W, 2) gray+alpha, of dtype uint8, uint16 (16-bit,
             scaled by 255/65535), bool, another integer type with values in [0, 255], or float
             with values in [0, 1].
         min_size: smallest accepted width and height in pixels (after EXIF rotation).
         max_pixels: largest accepted width x height, checked from the file header before any
-            pixel is decoded (a decompression-bomb guard); None disables this check (Pillow's own
-            hard limit, twice ``PIL.Image.MAX_IMAGE_PIXELS``, still applies to files).
+            pixel is decoded (a decompression-bomb guard that bounds memory); "default":
+            ``$DIFFUSEG_MAX_PIXELS`` if set (an integer or "none"), else
+            :data:`DEFAULT_MAX_PIXELS` (50 Mpx); None disables this check (Pillow's own hard
+            limit, twice ``PIL.Image.MAX_IMAGE_PIXELS``, still applies to files).
+        reduce_to: the long side (px) the caller will process the image at, or None (full
+            size). A larger image is reduced by the largest integer factor that keeps its long
+            side >= ``reduce_to``: a JPEG while decoding (``Image.draft``, factors 2, 4, 8, then
+            ``reduce`` for the rest; ``max_pixels`` then applies to the reduced size), any other
+            image after decoding (``Image.reduce``, box filter; ``max_pixels`` applies to the
+            full size, which is what gets decoded).
     Returns:
         (H, W, 3) uint8 RGB array, a new array (never a view of ``src``).
 
@@ -271,15 +477,20 @@ def load_image(
     TIFF, ...) the first frame is read (a PIL image passed in is seeked to frame 0).
 
     Raises:
-        ImageLoadError (a ValueError): missing file, directory, empty file, not an image,
-            corrupt or truncated data (Pillow's ``LOAD_TRUNCATED_IMAGES`` is left False, so
-            truncated files raise), too small, too large, or an unsupported array.
+        ImageLoadError (a ValueError): missing file, directory, not a regular file (FIFO,
+            device, socket), symlink loop or broken symlink, unreadable, empty file, not an
+            image, corrupt or truncated data (Pillow's ``LOAD_TRUNCATED_IMAGES`` is left False,
+            so truncated files raise; PNG chunk CRCs are checked, IDAT's included), too small,
+            too large, or an unsupported array.
     """
+    limit = _resolve_max_pixels(max_pixels)
+    if isinstance(src, bytes):
+        src = os.fsdecode(src)
     if isinstance(src, (str, os.PathLike)):
-        return _open_file(Path(src), min_size, max_pixels)
+        return _open_file(Path(src), min_size, limit, reduce_to)
     if isinstance(src, Image.Image):
         name = "<PIL image>"
-        _check_size(name, src.width, src.height, 0, max_pixels)
+        _check_size(name, src.width, src.height, 0, limit)
         try:
             if getattr(src, "n_frames", 1) > 1 and src.tell() != 0:
                 src.seek(0)
@@ -287,6 +498,7 @@ def load_image(
             rgb = _pil_to_rgb(src)
         except _DECODE_ERRORS as exc:
             raise _fail(name, f"the image data is corrupt or truncated ({exc})") from exc
+        rgb = _reduce(rgb, reduce_to)
         _check_size(name, rgb.shape[1], rgb.shape[0], min_size, None)
         return rgb
     if hasattr(src, "detach"):  # a torch tensor: channels-last like any other array
@@ -295,8 +507,8 @@ def load_image(
         name = "<array>"
         arr = np.asarray(src)
         if arr.ndim in (2, 3):
-            _check_size(name, arr.shape[1], arr.shape[0], 0, max_pixels)
-        rgb = _array_to_rgb(arr, name)
+            _check_size(name, arr.shape[1], arr.shape[0], 0, limit)
+        rgb = _reduce(_array_to_rgb(arr, name), reduce_to)
         if rgb is arr or np.shares_memory(rgb, arr):
             rgb = rgb.copy()
         _check_size(name, rgb.shape[1], rgb.shape[0], min_size, None)
@@ -316,14 +528,21 @@ def iter_image_paths(
         inputs: paths, or one path. A file is kept as given, whatever its extension (the loader
             then says whether it is an image). A directory is replaced by the files inside it whose
             suffix is in :data:`IMAGE_EXTENSIONS` (case-insensitive), sorted by path; hidden
-            entries (name starting with ".") are skipped. A path that does not exist is kept, so
-            that :func:`load_image` reports it ("no such file") next to the other inputs' results
-            instead of it vanishing silently.
+            entries (name starting with ".") are skipped. Nothing named is dropped silently:
+            whatever cannot be listed or read is kept as an input, so that :func:`load_image`
+            reports it, with its cause, next to the other inputs' results: a path that does not
+            exist ("no such file"); a directory that holds no image file (an ``x.png/`` folder:
+            "is a directory"); a directory that cannot be listed, given or met in a recursive
+            walk ("is a directory that cannot be read"), which therefore counts as a failed input
+            (its images were asked for and not segmented); and inside a directory, every
+            non-hidden entry with an image suffix that is not a directory (a FIFO, a device, a
+            broken symlink, a symlink loop: "not a regular file", ...). Symlinked directories
+            are not descended into (no loops).
         recursive: also descend into sub-directories.
     Returns:
         list of Paths, in input order, duplicates removed (first occurrence kept).
     """
-    if isinstance(inputs, (str, os.PathLike)):
+    if isinstance(inputs, (str, bytes, os.PathLike)):
         inputs = [inputs]
     out: list[Path] = []
     seen: set[Path] = set()
@@ -334,21 +553,36 @@ def iter_image_paths(
             out.append(p)
 
     for item in inputs:
-        path = Path(item)
-        if not path.is_dir():
+        path = Path(os.fsdecode(item))
+        try:
+            is_dir = stat.S_ISDIR(os.stat(path).st_mode)
+        except (OSError, ValueError):
+            is_dir = False  # missing, a loop, a name too long, ...: the loader says which
+        if not is_dir:
             add(path)
             continue
-        found = path.rglob("*") if recursive else path.iterdir()
-        files = []
+        found = _walk_images(path, recursive)
+        if not found:
+            add(path)  # a directory with no image in it was named: the loader says so
         for f in found:
-            rel = f.relative_to(path)
-            if any(part.startswith(".") for part in rel.parts):
-                continue
-            if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file():
-                files.append(f)
-        for f in sorted(files):
             add(f)
     return out
+
+
+def _walk_images(root: Path, recursive: bool) -> list[Path]:
+    """The non-hidden entries of ``root`` (and its sub-folders if ``recursive``) with an image
+    suffix that are not directories, and the sub-folders that cannot be listed, sorted."""
+    found: list[Path] = []
+
+    def unreadable(exc: OSError) -> None:
+        found.append(Path(exc.filename) if exc.filename is not None else root)
+
+    for top, dirs, files in os.walk(root, onerror=unreadable, followlinks=False):
+        dirs[:] = [d for d in dirs if not d.startswith(".")] if recursive else []
+        for name in files:
+            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+                found.append(Path(top) / name)
+    return sorted(found)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -364,6 +598,30 @@ def _current_umask() -> int:
 
 _UMASK = _current_umask()
 
+_NAME_MAX = 255  # bytes per file name: ext4, XFS, Btrfs, APFS, NTFS (UTF-16 units), tmpfs
+_TEMP_RANDOM = 8  # characters of tempfile.mkstemp's random part
+
+
+def _name_max(folder: Path) -> int:
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        value = os.pathconf(folder, "PC_NAME_MAX")
+        if value and value > 0:
+            return min(int(value), _NAME_MAX)
+    return _NAME_MAX
+
+
+def _temp_affixes(path: Path) -> dict[str, str]:
+    """mkstemp's prefix and suffix for ``path``: ``.<name>.`` and ``.tmp<suffix>``, the name
+    cut (on a byte count, in the file system's encoding) so that the whole temp name fits the
+    folder's name limit; a suffix longer than 16 bytes is dropped (no format is named so)."""
+    suffix = path.suffix if len(os.fsencode(path.suffix)) <= 16 else ""
+    tail = f".tmp{suffix}"
+    room = _name_max(path.parent) - len(os.fsencode(tail)) - _TEMP_RANDOM - 2
+    name = os.fsencode(path.name)
+    if len(name) > room:
+        name = name[: max(room, 1)].decode("utf-8", "ignore").encode() or b"_"
+    return {"prefix": f".{os.fsdecode(name)}.", "suffix": tail}
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, fsync: bool = True) -> Iterator[Path]:
@@ -371,7 +629,9 @@ def atomic_path(path: str | os.PathLike, fsync: bool = True) -> Iterator[Path]:
 
     Yields a fresh temporary path in the same folder as ``path`` (so the final rename never
     crosses file systems) with the same suffix (so libraries that infer the format from the name
-    work), named ``.<name>.<random>.tmp<suffix>``. When the ``with`` block ends normally the temp
+    work), named ``.<name>.<random>.tmp<suffix>`` (hidden; ``<name>`` is cut short, on a
+    character boundary, where the whole would pass the file system's 255-byte name limit, so a
+    long target name never makes the write fail). When the ``with`` block ends normally the temp
     file is flushed to disk (if ``fsync``) and renamed over ``path`` (atomic on POSIX and Windows);
     if the block raises (any exception, KeyboardInterrupt included) the temp file is removed and
     ``path`` is left as it was. Missing parent folders are created. The final file gets the usual
@@ -384,9 +644,7 @@ def atomic_path(path: str | os.PathLike, fsync: bool = True) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}"
-    )
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, **_temp_affixes(path))
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -514,14 +772,27 @@ def _jsonable(obj: Any) -> Any:
     raise TypeError(f"cannot write a {type(obj).__name__} to JSON")
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _json_text(obj: Any, indent: int | None = None) -> str:
+    """JSON text of :func:`_jsonable` ``(obj)``, non-ASCII characters kept as they are except
+    lone surrogates (the undecodable bytes of a file name, PEP 383), which get JSON's ``\\uXXXX``
+    escape: the text then encodes to UTF-8, and ``json.loads`` gives back the same strings."""
+    text = json.dumps(_jsonable(obj), indent=indent, ensure_ascii=False, allow_nan=False)
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
     """Write ``obj`` as UTF-8 JSON, atomically.
 
     numpy and torch scalars/arrays become numbers/lists, Paths strings, tuples and sets lists,
     dataclasses and objects with ``to_dict()`` dicts; NaN and infinities become null (strict JSON).
+    Strings holding the undecodable bytes of a file name (lone surrogates) are written with
+    ``\\udcXX`` escapes, losslessly (see the module docstring).
     The whole text is built before the file is touched, so an unserialisable object leaves no file.
     """
-    text = json.dumps(_jsonable(obj), indent=indent, ensure_ascii=False, allow_nan=False)
+    text = _json_text(obj, indent)
     with atomic_path(path) as tmp:
         tmp.write_text(text + "\n", encoding="utf-8")
 
@@ -732,7 +1003,6 @@ def write_npz(path: str | os.PathLike, labels: Any, meta: dict[str, Any] | None 
     reads it; ``json.loads(str(f["meta"]))`` gives the metadata back.
     """
     lab = _check_labels(labels).astype(np.int32)
-    text = json.dumps({"format": NPZ_FORMAT, **_jsonable(meta or {})}, ensure_ascii=False,
-                      allow_nan=False)
+    text = _json_text({"format": NPZ_FORMAT, **_jsonable(meta or {})})
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, labels=lab, meta=np.array(text))

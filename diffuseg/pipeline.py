@@ -32,6 +32,7 @@ complete manifest.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -70,15 +71,51 @@ class Outcome:
     files: list[str] = field(default_factory=list)
 
 
+#: Longest output stem, in bytes (UTF-8): with "-<k>" for a repeated name, the longest output
+#: suffix (".overlay.png") and the atomic writer's temp name (".<name>.<8 random>.tmp.png")
+#: every output file name stays well within the 255-byte limit of common file systems.
+STEM_MAX_BYTES = 180
+
+
+def _escape_undecodable(stem: str) -> str:
+    """``stem`` as valid UTF-8 text: each byte of the file name that is not UTF-8 (a lone
+    surrogate U+DC80..U+DCFF in Python's str, PEP 383) becomes ``%XX``."""
+    raw = os.fsencode(stem)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    text = raw.decode("utf-8", "surrogateescape")
+    return "".join(f"%{ord(c) - 0xDC00:02X}" if "\udc80" <= c <= "\udcff" else c for c in text)
+
+
+def output_stem(path: Path) -> str:
+    """The output file stem of one input, before de-duplication: its name less the extension
+    (less ``.safetensors`` for an Encoding), as valid UTF-8 (undecodable bytes as ``%XX``), and,
+    when longer than :data:`STEM_MAX_BYTES`, cut on a character boundary and ended by ``~`` and
+    10 hex digits of the SHA-256 of the whole name (so two long names that share their first
+    170 bytes still differ). The same path always gives the same stem."""
+    name = path.name
+    stem = name[: -len(ENCODING_SUFFIX)] if name.endswith(ENCODING_SUFFIX) else path.stem
+    text = _escape_undecodable(stem) or "_"
+    raw = text.encode("utf-8", "surrogatepass")
+    if len(raw) <= STEM_MAX_BYTES:
+        return text
+    digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:10]
+    head = raw[: STEM_MAX_BYTES - len(digest) - 1].decode("utf-8", "ignore")
+    return f"{head}~{digest}"
+
+
 def plan(paths: Sequence[Path]) -> list[WorkItem]:
     """Work items with unique output stems (``a``, ``a-2`` for a second ``a.jpg`` elsewhere),
-    decided over the whole list so that every shard names its outputs alike."""
+    decided over the whole list so that every shard names its outputs alike. Stems are valid
+    file names whatever the inputs' names (:func:`output_stem`: valid UTF-8, at most
+    :data:`STEM_MAX_BYTES` bytes); an output's JSON keeps the input's full path."""
     used: set[str] = set()
     items = []
     for index, path in enumerate(paths):
         path = Path(path)
-        stem = path.name[: -len(ENCODING_SUFFIX)] if path.name.endswith(ENCODING_SUFFIX) \
-            else path.stem
+        stem = output_stem(path)
         candidate, k = stem, 1
         while candidate in used:
             k += 1
@@ -218,7 +255,7 @@ def prepare_folder(out: Path, items: Sequence[WorkItem], files_of: Callable[[Wor
     done = {stem for stem in planned if resume and is_done(out, records.get(stem))}
     for stem, names in planned.items():
         for name in names:
-            for tmp in out.glob(f".{name}.*.tmp*"):
+            for tmp in out.glob(f".{glob.escape(name)}.*.tmp*"):
                 with contextlib.suppress(OSError):
                     tmp.unlink()
             if stem not in done:

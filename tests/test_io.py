@@ -22,6 +22,8 @@ from diffuseg.io import (
     read_label_png,
     write_json,
     write_label_png,
+    write_masks_json,
+    write_npz,
     write_overlay_png,
 )
 
@@ -377,6 +379,24 @@ def test_atomic_path_failure_leaves_nothing(tmp_path):
     assert target.read_bytes() == b"old" and list(tmp_path.iterdir()) == [target]
 
 
+@pytest.mark.parametrize("name", ["a" * 251 + ".png", "é" * 125 + ".json", "b" * 255])
+def test_atomic_path_long_target_names(tmp_path, name):
+    """A target name up to the 255-byte limit still gets a temp name that fits it: hidden, in
+    the same folder, with the same suffix."""
+    target = tmp_path / name
+    with atomic_path(target) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".")
+        assert tmp.name.endswith(f".tmp{target.suffix}")
+        assert len(os.fsencode(tmp.name)) <= 255
+        tmp.write_bytes(b"data")
+    assert target.read_bytes() == b"data" and os.listdir(tmp_path) == [name]
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"partial")
+            raise RuntimeError("killed")
+    assert os.listdir(tmp_path) == [name]
+
+
 def test_writer_failing_midway_leaves_no_file(tmp_path, monkeypatch):
     """A label PNG whose encoder dies halfway (after writing some bytes) leaves nothing behind."""
     real_save = Image.Image.save
@@ -469,6 +489,30 @@ def test_write_json(tmp_path):
         write_json(tmp_path / "bad.json", {"x": object()})
     assert not (tmp_path / "bad.json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+
+
+def test_json_writers_keep_undecodable_names(tmp_path):
+    """A path holding bytes that are not UTF-8 (lone surrogates in Python, PEP 383) is written
+    with \\udcXX escapes: valid UTF-8 files, and json.load gives back the same str."""
+    odd = os.fsdecode(b"photos/caf\xe9-\xff.png")
+    obj = {"input": odd, "path": Path(odd), odd: [odd], "ok": "café"}
+    write_json(tmp_path / "r.json", obj)
+    data = (tmp_path / "r.json").read_bytes()
+    back = json.loads(data.decode("utf-8"))  # strict UTF-8
+    assert back == {"input": odd, "path": odd, odd: [odd], "ok": "café"}
+    assert os.fsencode(back["input"]) == b"photos/caf\xe9-\xff.png"
+    assert b"\\udce9" in data and "café".encode() in data  # other text stays as it is
+    labels = np.zeros((4, 6), np.int32)
+    labels[:, 3:] = 1
+    write_masks_json(tmp_path / "m.json", labels, {"method": "x"}, input=odd)
+    masks = json.loads((tmp_path / "m.json").read_bytes().decode("utf-8"))
+    assert masks["input"] == odd and len(masks["annotations"]) == 2
+    write_npz(tmp_path / "l.npz", labels, {"input": odd})
+    with np.load(tmp_path / "l.npz", allow_pickle=False) as f:
+        meta = str(f["meta"])
+        meta.encode("utf-8")
+        assert json.loads(meta)["input"] == odd
+    assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
 
 
 def test_encoding_save_uses_atomic_path(tmp_path):

@@ -237,3 +237,14 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_temp_files_of_names_with_glob_characters_are_removed(tmp_path):
+    (item,) = pipeline.plan([Path("in/a[1]*.png")])
+    leftover = tmp_path / f".{item.stem}.labels.png.abc123.tmp.png"
+    leftover.write_bytes(b"")
+    other = tmp_path / ".a1x.labels.png.abc123.tmp.png"  # another input's: not ours to remove
+    other.write_bytes(b"")
+    pipeline.prepare_folder(tmp_path, [item], lambda it: [f"{it.stem}.labels.png"],
+                            resume=False, overwrite=False)
+    assert not leftover.exists() and other.exists()
