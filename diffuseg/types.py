@@ -9,6 +9,7 @@ many times with other settings, without the model.
 from __future__ import annotations
 
 import json
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,103 @@ import numpy as np
 import torch
 
 _ATTN_PREFIX = "attention."
+
+#: Encoding.meta keys whose value must be a string (when present).
+_META_STRINGS = ("backbone", "repo", "dtype", "feature_layer", "source")
+#: Encoding.meta keys whose value must be [H, W], two positive integers (when present).
+_META_SIZES = ("original_size", "image_size")
+
+
+def _meta_int(value: Any, key: str, minimum: int | None = None) -> int:
+    """``value`` as an int: an int (numpy's too; not a bool) or an integral finite float (48.0),
+    >= minimum."""
+    what = "an integer" if minimum is None else f"an integer >= {minimum}"
+    if (isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real)
+            or (not isinstance(value, numbers.Integral)
+                and not float(value).is_integer())  # 47.9, nan, inf
+            or (minimum is not None and value < minimum)):
+        raise ValueError(f"meta {key!r} must be {what}, got {value!r}")
+    return int(value)
+
+
+def _meta_ints(value: Any, key: str, count: int, what: str, minimums: tuple[int, ...]) -> list[int]:
+    if not isinstance(value, list | tuple) or len(value) != count:
+        raise ValueError(f"meta {key!r} must be {what}, got {value!r}")
+    try:
+        return [_meta_int(v, key, m) for v, m in zip(value, minimums, strict=True)]
+    except ValueError:
+        raise ValueError(f"meta {key!r} must be {what}, got {value!r}") from None
+
+
+def _checked_meta(meta: Any) -> dict[str, Any]:
+    """Validate the keys of ``Encoding.meta`` that diffuseg reads; returns ``meta`` itself, or a
+    shallow copy with integral floats (48.0) made ints. Other keys are free.
+
+    Schema: a dict with string keys; ``original_size`` / ``image_size`` two positive integers;
+    ``crop`` null or [top, left, height, width] (top, left >= 0, height, width >= 1); ``family``
+    one of the known families (``diffuseg.backbones.registry.FAMILIES``); ``backbone``, ``repo``,
+    ``dtype``, ``feature_layer``, ``source`` strings; ``seed`` an integer; ``timestep`` an integer
+    >= 0; ``attention_timestep`` an integer >= 0 or a non-empty list of them.
+    """
+    if not isinstance(meta, dict):
+        raise ValueError(f"meta must be a dict (a JSON object), got {type(meta).__name__}")
+    bad_keys = [k for k in meta if not isinstance(k, str)]
+    if bad_keys:
+        raise ValueError(f"meta keys must be strings, got {bad_keys[0]!r}")
+    fixed: dict[str, Any] = {}
+    for key in _META_SIZES:
+        if key in meta:
+            fixed[key] = _meta_ints(meta[key], key, 2, "[H, W], two positive integers", (1, 1))
+    if "crop" in meta and meta["crop"] is not None:
+        fixed["crop"] = _meta_ints(meta["crop"], "crop", 4, "null or [top, left, height, width] "
+                                   "(integers, top and left >= 0, height and width >= 1)",
+                                   (0, 0, 1, 1))
+    for key in _META_STRINGS:
+        if key in meta and not isinstance(meta[key], str):
+            raise ValueError(f"meta {key!r} must be a string, got {meta[key]!r}")
+    if "family" in meta:
+        from diffuseg.backbones.registry import FAMILIES
+
+        if not isinstance(meta["family"], str) or meta["family"] not in FAMILIES:
+            raise ValueError(
+                f"meta 'family' must be one of {', '.join(FAMILIES)}, got {meta['family']!r}"
+            )
+    if "seed" in meta:
+        fixed["seed"] = _meta_int(meta["seed"], "seed")
+    if "timestep" in meta:
+        fixed["timestep"] = _meta_int(meta["timestep"], "timestep", 0)
+    if "attention_timestep" in meta:
+        value = meta["attention_timestep"]
+        if isinstance(value, list | tuple):
+            if not value:
+                raise ValueError("meta 'attention_timestep' must be an integer >= 0 or a "
+                                 "non-empty list of them, got []")
+            fixed["attention_timestep"] = [_meta_int(v, "attention_timestep", 0) for v in value]
+        else:
+            fixed["attention_timestep"] = _meta_int(value, "attention_timestep", 0)
+    # repr tells 48.0 from 48 and (48, 64) from [48, 64], which == does not
+    changed = {k: v for k, v in fixed.items() if repr(meta[k]) != repr(v)}
+    return {**meta, **changed} if changed else meta
+
+
+def _load_error(path: Path, exc: BaseException, what: str, hint: str = "") -> ValueError:
+    """One-line ``ValueError`` naming ``path`` for an error met while loading it (kept as it is
+    when it already names the file)."""
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    if str(path) in message:
+        return ValueError(message)
+    return ValueError(f"{what} {path}: {hint + ': ' if hint else ''}{message}")
+
+
+def _grid_of_key(key: str) -> tuple[int, int]:
+    """(h, w) of an ``attention.<h>x<w>`` tensor name."""
+    parts = key[len(_ATTN_PREFIX):].split("x")
+    if len(parts) != 2 or not all(p.isdigit() and p.isascii() for p in parts):
+        raise ValueError(f"tensor {key!r} is not named attention.<h>x<w>")
+    h, w = int(parts[0]), int(parts[1])
+    if h < 1 or w < 1:
+        raise ValueError(f"tensor {key!r} names an empty grid")
+    return h, w
 
 
 @dataclass
@@ -30,7 +128,13 @@ class Encoding:
             probabilities averaged over the layers of that grid; row q is a probability map over
             keys (sums to 1). Empty if not captured.
         image: (H, W, 3) uint8, the processed image the backbone saw (after resizing), or None.
-        meta: JSON-serialisable facts: backbone, timestep, sizes, seed, ...
+        meta: JSON-serialisable facts: backbone, timestep, sizes, seed, ... The keys diffuseg
+            reads are checked on construction and on :meth:`load` (``_checked_meta``: sizes two
+            positive integers, a known family, string names, ...; integral floats such as 48.0
+            are kept as ints, 47.9 is a ``ValueError``); other keys are free.
+
+    Construction checks structure only (shapes, dtypes, grids, meta); the values (NaN, inf,
+    negative attention) are checked by the methods that read them.
     """
 
     features: torch.Tensor | None = None
@@ -39,6 +143,8 @@ class Encoding:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # Cheap structural checks only (shapes, dtypes, meta schema); the values (NaN, negative
+        # attention, ...) are checked by the methods that read them.
         if self.features is not None:
             if not isinstance(self.features, torch.Tensor):
                 self.features = torch.as_tensor(np.asarray(self.features))
@@ -46,13 +152,34 @@ class Encoding:
                 raise ValueError(
                     f"Encoding.features must be (C, h, w), got shape {tuple(self.features.shape)}"
                 )
-        for grid, attn in self.attention.items():
+            if not torch.is_floating_point(self.features):
+                raise ValueError(f"Encoding.features must be floating point, got "
+                                 f"{self.features.dtype}")
+            if min(self.features.shape) < 1:
+                raise ValueError(
+                    "Encoding.features must have at least one channel and a non-empty token "
+                    f"grid, got shape {tuple(self.features.shape)}"
+                )
+        if not isinstance(self.attention, dict):
+            raise ValueError(f"Encoding.attention must be a dict grid -> tensor, got "
+                             f"{type(self.attention).__name__}")
+        for grid, attn in list(self.attention.items()):
+            if not (isinstance(grid, tuple) and len(grid) == 2 and all(
+                    isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in grid)):
+                raise ValueError(f"attention grids must be (h, w) tuples of positive ints, got "
+                                 f"{grid!r}")
+            if not isinstance(attn, torch.Tensor):
+                attn = self.attention[grid] = torch.as_tensor(np.asarray(attn))
             h, w = grid
             if tuple(attn.shape) != (h * w, h, w):
                 raise ValueError(
                     f"attention for grid {grid} must be ({h * w}, {h}, {w}), got "
                     f"{tuple(attn.shape)}"
                 )
+            if not torch.is_floating_point(attn):
+                raise ValueError(f"attention for grid {grid} must be floating point, got "
+                                 f"{attn.dtype}")
+        self.meta = _checked_meta(self.meta)
         if self.image is not None:
             img = np.asarray(self.image)
             if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
@@ -106,7 +233,16 @@ class Encoding:
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> Encoding:
-        """Read an Encoding written by :meth:`save` (safetensors: no code is unpickled)."""
+        """Read an Encoding written by :meth:`save` (safetensors: no code is unpickled).
+
+        Raises:
+            FileNotFoundError: no file at ``path``.
+            ValueError: naming the file, for anything else wrong with it: not a safetensors file
+                (random bytes, truncated), not a diffuseg Encoding, ``diffuseg.meta`` not a JSON
+                object or breaking the meta schema (sizes two positive integers, a known family,
+                string names, ...), tensors of the wrong rank, shape or dtype (features (C, h, w),
+                attention ``attention.<h>x<w>`` of shape (h*w, h, w), image (H, W, 3) uint8).
+        """
         from safetensors import safe_open
 
         path = Path(path)
@@ -117,21 +253,38 @@ class Encoding:
                 metadata = f.metadata() or {}
                 if metadata.get("diffuseg.format") != "encoding/1":
                     raise ValueError(f"{path} is a safetensors file but not a diffuseg Encoding")
-                features = f.get_tensor("features") if "features" in f.keys() else None
-                attention = {}
-                for key in f.keys():
+                keys = list(f.keys())
+                features = f.get_tensor("features") if "features" in keys else None
+                attention: dict[tuple[int, int], torch.Tensor] = {}
+                for key in keys:
                     if key.startswith(_ATTN_PREFIX):
-                        h, w = (int(x) for x in key[len(_ATTN_PREFIX) :].split("x"))
-                        attention[(h, w)] = f.get_tensor(key)
-                image = f.get_tensor("image").cpu().numpy() if "image" in f.keys() else None
-        except (OSError, json.JSONDecodeError) as exc:  # truncated or corrupt
-            raise ValueError(f"cannot read Encoding {path}: {exc}") from exc
+                        grid = _grid_of_key(key)
+                        if grid in attention:
+                            raise ValueError(f"two attention tensors for grid {grid}")
+                        attention[grid] = f.get_tensor(key)
+                image = None
+                if "image" in keys:
+                    pixels = f.get_tensor("image")
+                    if pixels.dtype != torch.uint8:
+                        raise ValueError(f"image must be uint8, got {pixels.dtype}")
+                    image = pixels.cpu().numpy()
         except Exception as exc:  # safetensors raises its own error type on bad headers
-            if isinstance(exc, ValueError):
-                raise
-            raise ValueError(f"cannot read Encoding {path}: {exc}") from exc
-        meta = json.loads(metadata.get("diffuseg.meta", "{}"))
-        return cls(features=features, attention=attention, image=image, meta=meta)
+            corrupt = type(exc).__name__ == "SafetensorError" or isinstance(exc, OSError)
+            raise _load_error(path, exc, "cannot read Encoding", "not a valid safetensors file "
+                              "(truncated or corrupt)" if corrupt else "") from exc
+        text = metadata.get("diffuseg.meta", "{}")
+        try:
+            meta = json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise ValueError(f"invalid Encoding {path}: diffuseg.meta is not valid JSON "
+                             f"({' '.join(str(exc).split())})") from None
+        if not isinstance(meta, dict):
+            raise ValueError(f"invalid Encoding {path}: diffuseg.meta must be a JSON object, got "
+                             f"{'null' if meta is None else type(meta).__name__}")
+        try:
+            return cls(features=features, attention=attention, image=image, meta=meta)
+        except ValueError as exc:
+            raise _load_error(path, exc, "invalid Encoding") from None
 
 
 @dataclass

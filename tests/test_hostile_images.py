@@ -291,7 +291,9 @@ def test_bomb_refused_in_little_memory(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "too large: 10000x9000" in proc.stdout and "DIFFUSEG_MAX_PIXELS" in proc.stdout
     rss_mb = int(proc.stdout.split("maxrss_kb=")[1]) / 1024
-    assert rss_mb < 500, rss_mb
+    # refused from its header: the child's peak is its imports (about 240-290 MB, up to ~620 MB
+    # when transparent huge pages back the heap); decoding the bomb alone would take 1.1 GB
+    assert rss_mb < 1000, rss_mb
 
 
 def test_bomb_through_cli_in_little_memory(tmp_path):
@@ -304,7 +306,7 @@ def test_bomb_through_cli_in_little_memory(tmp_path):
     errors = error_lines(proc)
     assert len(errors) == 1 and "bomb.png" in errors[0] and "too large" in errors[0]
     assert (tmp_path / "out" / "ok.labels.png").is_file()
-    assert maxrss_mb(proc) < 500
+    assert maxrss_mb(proc) < 1000  # see test_bomb_refused_in_little_memory
 
 
 def test_max_pixels_override(tmp_path, monkeypatch):

@@ -23,6 +23,7 @@ import torch
 from diffuseg.methods import MethodSpec, register
 from diffuseg.methods.assign import upsample_argmax
 from diffuseg.methods.common import finish, output_size_for
+from diffuseg.methods.config import MethodConfig, setting
 from diffuseg.methods.diffseg import aggregate_attention, exact_fp32, relabel_consecutive
 from diffuseg.types import Encoding, Segmentation
 
@@ -135,14 +136,20 @@ def kmeans_attention(
         aggregated: (h*w, h, w) float from :func:`aggregate_attention`.
     Returns:
         int64 (h, w) cluster of each token, in [0, k) (cluster ids as k-means made them).
+    Raises:
+        ValueError: ``aggregated`` is not attention (:func:`diffuseg.graph.affinity.
+            check_attention`: shape, NaN / inf, negative entries, rows not summing to 1).
     """
+    from diffuseg.graph.affinity import check_attention
+
+    check_attention(aggregated)
     n, h, w = aggregated.shape
     labels, _ = kmeans(aggregated.reshape(n, h * w), k, seed, iterations)
     return labels.reshape(h, w)
 
 
 @dataclass(frozen=True)
-class KMeansConfig:
+class KMeansConfig(MethodConfig):
     """K-means baseline settings.
 
     Attributes:
@@ -153,21 +160,11 @@ class KMeansConfig:
         output_size: (H, W) of the labels; None = as DiffSeg (meta original size, image size).
     """
 
-    k: int = KMEANS_C_K
-    seed: int = 0
-    iterations: int = 300
-    weights: tuple[float, ...] | None = None
-    output_size: tuple[int, int] | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("weights", "output_size"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, tuple):
-                object.__setattr__(self, name, tuple(value))
-        if self.k < 1:
-            raise ValueError(f"k must be >= 1, got {self.k}")
-        if self.iterations < 1:
-            raise ValueError(f"iterations must be >= 1, got {self.iterations}")
+    k: int = setting(KMEANS_C_K, ge=1)
+    seed: int = setting(0, ge=0)
+    iterations: int = setting(300, ge=1)
+    weights: tuple[float, ...] | None = setting(None, ge=0)
+    output_size: tuple[int, int] | None = setting(None, ge=1)
 
 
 def run_kmeans(
@@ -183,6 +180,9 @@ def run_kmeans(
         the same numbering (a removed cluster's tokens take the output label at the token
         centre); config ``{"method": "kmeans", **asdict(config)}`` plus the resolved output
         size and backbone facts (packaged by :func:`diffuseg.methods.common.finish`).
+    Raises:
+        ValueError: no attention, or attention that is not one probability map per query
+            (checked by :func:`aggregate_attention`; the message names the grid).
     """
     config = config or KMeansConfig()
     if not encoding.attention:

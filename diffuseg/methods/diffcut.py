@@ -19,15 +19,17 @@ from dataclasses import dataclass
 import torch
 
 from diffuseg.graph.affinity import cosine_affinity
-from diffuseg.graph.ncut import CutResult, recursive_ncut
+from diffuseg.graph.eigen import SOLVERS
+from diffuseg.graph.ncut import MODES, SWEEPS, CutResult, recursive_ncut
 from diffuseg.methods import MethodSpec, register
 from diffuseg.methods.assign import assign_concepts
 from diffuseg.methods.common import finish, output_size_for, working_size
+from diffuseg.methods.config import MethodConfig, setting
 from diffuseg.types import Encoding, Segmentation
 
 
 @dataclass(frozen=True)
-class DiffCutConfig:
+class DiffCutConfig(MethodConfig):
     """DiffCut settings; defaults are the paper's SSD-1B values.
 
     Attributes:
@@ -52,20 +54,20 @@ class DiffCutConfig:
             then upsampled nearest; bounds the cost of PAMR on very large images.
     """
 
-    tau: float = 0.5
-    alpha: float = 10.0
-    mode: str = "fast"
-    sweep: str = "sampled"
+    tau: float = setting(0.5, gt=0)
+    alpha: float = setting(10.0, gt=0)
+    mode: str = setting("fast", choices=MODES)
+    sweep: str = setting("sampled", choices=SWEEPS)
     drop_zero_rows: bool = True
     self_loops: bool = True
-    min_size: int = 1
-    max_depth: int | None = None
-    solver: str = "auto"
+    min_size: int = setting(1, ge=1)
+    max_depth: int | None = setting(None, ge=0)
+    solver: str = setting("auto", choices=SOLVERS)
     refine: bool = True
-    refine_iterations: int = 10
-    refine_dilations: tuple[int, ...] = (1, 2, 4, 8)
-    median: int = 3
-    max_side: int | None = 1024
+    refine_iterations: int = setting(10, ge=1)
+    refine_dilations: tuple[int, ...] = setting((1, 2, 4, 8), ge=1)
+    median: int = setting(3, ge=1, odd=True)
+    max_side: int | None = setting(1024, ge=1)
 
 
 def diffcut_tokens(features: torch.Tensor, config: DiffCutConfig) -> CutResult:
@@ -99,10 +101,22 @@ def run_diffcut(
         output_size: (H, W) of the labels; default the original image size.
     Returns:
         Segmentation with labels (H, W), the cut hierarchy and (h, w) token labels.
+    Raises:
+        ValueError: no features, 0 channels, an empty grid, NaN or inf values
+            (:func:`diffuseg.graph.affinity.check_features`).
+
+    Each token is divided by its largest absolute value first
+    (:func:`diffuseg.graph.affinity.max_abs_scaled`): both the affinity and the concept
+    assignment use L2-normalised tokens, which that leaves unchanged, but in float32 the raw L2
+    norm of features x 1e37 overflows and of x 1e-30 underflows. So the result does not depend
+    on the features' scale.
     """
+    from diffuseg.graph.affinity import check_features, max_abs_scaled
+
     if encoding.features is None:
         raise ValueError("DiffCut needs Encoding.features (encode with features=True)")
-    features = encoding.features.float()
+    check_features(encoding.features)
+    features = max_abs_scaled(encoding.features, dim=0).float()
     _, h, w = features.shape
     out = output_size_for(encoding, output_size)
     cut = diffcut_tokens(features, config)

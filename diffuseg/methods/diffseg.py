@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from diffuseg.methods import MethodSpec, register
 from diffuseg.methods.assign import upsample_argmax
 from diffuseg.methods.common import finish, output_size_for
+from diffuseg.methods.config import MethodConfig, setting
 from diffuseg.types import Encoding, Segmentation
 
 Grid = tuple[int, int]
@@ -159,6 +160,13 @@ def aggregate_attention(
     ``r * h // H``; for integer ratios this is the official ``repeat``); the grids are summed with
     :func:`aggregation_weights`. Non-square grids work.
 
+    Every grid's maps are checked first (:func:`diffuseg.graph.affinity.check_attention`, shared
+    with DWC and the k-means baseline, which aggregate here): finite, non-negative, each key map
+    summing to 1 within 1e-3 (float16 3.9e-3, bfloat16 3.1e-2); anything else is a ``ValueError``
+    naming the grid and the fault. The renormalisation after resizing is DiffSeg's own rule
+    (bilinear resizing does not keep a map's sum): it absorbs rounding and interpolation, it
+    never turns arbitrary non-negative maps into distributions.
+
     Args:
         attention: query grid (h, w) -> float tensor (h*w, h, w), row q a probability map over
             the keys of query q (an ``Encoding.attention``). Any float dtype, any device.
@@ -169,10 +177,25 @@ def aggregate_attention(
         attention is float64); row q (query ``q = i * W + j``) is a probability map over the
         H x W keys (sums to 1). At 64 x 64 this is 64 MiB; it is built in place (one full copy
         at most in flight plus one source grid).
+    Raises:
+        ValueError: no attention, a grid that is not (h*w, h, w), NaN / inf / negative entries,
+            a key map summing to zero or away from 1, bad weights or target.
     """
+    from diffuseg.graph.affinity import check_attention
+
     if not attention:
         raise ValueError("no attention maps to aggregate")
+    for grid, maps in attention.items():
+        if not (isinstance(grid, tuple) and len(grid) == 2
+                and all(isinstance(x, int) and not isinstance(x, bool) for x in grid)):
+            raise ValueError(f"attention grids must be (h, w) pairs of ints, got {grid!r}")
+        if not isinstance(maps, torch.Tensor):
+            raise ValueError(f"attention for grid {grid} must be a tensor, got "
+                             f"{type(maps).__name__}")
+        check_attention(maps, (grid[0], grid[1]))
     grids = _finest_first(attention)
+    if target is not None and (len(target) != 2 or min(int(target[0]), int(target[1])) < 1):
+        raise ValueError(f"target grid must be (H, W) >= 1, got {tuple(target)}")
     height, width = (int(target[0]), int(target[1])) if target is not None else grids[0]
     n = height * width
     wts = aggregation_weights(grids, weights)
@@ -189,10 +212,6 @@ def aggregate_attention(
             continue
         h, w = grid
         maps = attention[grid]
-        if tuple(maps.shape) != (h * w, h, w):
-            raise ValueError(
-                f"attention for grid {grid} must be ({h * w}, {h}, {w}), got {tuple(maps.shape)}"
-            )
         fresh = maps.dtype != dtype or maps.device != device
         maps = maps.to(device=device, dtype=dtype)
         if (h, w) == (height, width):
@@ -499,7 +518,7 @@ def label_proposals(
 
 
 @dataclass(frozen=True)
-class DiffSegConfig:
+class DiffSegConfig(MethodConfig):
     """DiffSeg settings; defaults = the official demo / Cityscapes setting.
 
     Attributes:
@@ -522,41 +541,16 @@ class DiffSegConfig:
             ``encoding.meta["original_size"]``, else the processed image size.
     """
 
-    tau: float = 0.9
-    iterations: int = 3
-    taus: tuple[float, ...] | None = None
-    anchor_grid: int = 16
-    weights: tuple[float, ...] | None = None
-    kl_epsilon: float = 1e-8
+    tau: float = setting(0.9, gt=0)
+    iterations: int = setting(3, ge=1)
+    taus: tuple[float, ...] | None = setting(None, gt=0)
+    anchor_grid: int = setting(16, ge=1)
+    weights: tuple[float, ...] | None = setting(None, ge=0)
+    kl_epsilon: float = setting(1e-8, gt=0)
     refine_kmeans: bool = False
-    refine_iterations: int = 300
-    mode: str = "fast"
-    output_size: tuple[int, int] | None = None
-
-    def __post_init__(self) -> None:
-        # Normalise JSON-ish inputs (lists) to tuples, then validate.
-        for name in ("taus", "weights", "output_size"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, tuple):
-                object.__setattr__(self, name, tuple(value))
-        if not self.tau > 0:
-            raise ValueError(f"tau must be > 0, got {self.tau}")
-        if self.iterations < 1:
-            raise ValueError(f"iterations must be >= 1, got {self.iterations}")
-        if self.taus is not None:
-            _check_taus(self.taus)
-        if self.anchor_grid < 1:
-            raise ValueError(f"anchor_grid must be >= 1, got {self.anchor_grid}")
-        if not self.kl_epsilon > 0:
-            raise ValueError(f"kl_epsilon must be > 0, got {self.kl_epsilon}")
-        if self.refine_iterations < 1:
-            raise ValueError(f"refine_iterations must be >= 1, got {self.refine_iterations}")
-        if self.mode not in ("fast", "reference"):
-            raise ValueError(f"mode must be 'fast' or 'reference', got {self.mode!r}")
-        if self.output_size is not None and (
-            len(self.output_size) != 2 or min(self.output_size) < 1
-        ):
-            raise ValueError(f"output_size must be (H, W) >= 1, got {self.output_size}")
+    refine_iterations: int = setting(300, ge=1)
+    mode: str = setting("fast", choices=("fast", "reference"))
+    output_size: tuple[int, int] | None = setting(None, ge=1)
 
     def resolved_taus(self) -> tuple[float, ...]:
         """The threshold of each merging iteration."""
@@ -588,8 +582,14 @@ def segment_aggregated(
         aggregated: (h*w, h, w) float from :func:`aggregate_attention`.
         config: settings (default :class:`DiffSegConfig`).
         output_size: (H, W); default ``config.output_size``, else the token grid (h, w).
+    Raises:
+        ValueError: ``aggregated`` is not attention (:func:`diffuseg.graph.affinity.
+            check_attention`: shape, NaN / inf, negative entries, key maps not summing to 1).
     """
+    from diffuseg.graph.affinity import check_attention
+
     config = config or DiffSegConfig()
+    check_attention(aggregated)
     _, h, w = aggregated.shape
     size = output_size or config.output_size or (h, w)
     proposals = merge_attention(
@@ -619,6 +619,10 @@ def run_diffseg(
         int32 (0..K-1), token_labels (h, w) int32 on the aggregated (finest) grid, config =
         ``{"method": "diffseg", **asdict(config)}`` plus the resolved output size and the
         backbone facts from ``encoding.meta``; hierarchy None.
+    Raises:
+        ValueError: no attention, or attention that is not one probability map per query
+            (NaN / inf, negative, a map summing to zero or away from 1; see
+            :func:`aggregate_attention`), the message naming the grid.
     """
     config = config or DiffSegConfig()
     if not encoding.attention:
