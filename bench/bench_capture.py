@@ -26,24 +26,9 @@ import sys
 import time
 
 import torch
+from common import sd15_unet_config  # threads are set per child below
 
 MiB = 1 << 20
-
-
-def sd15_config(quick: bool) -> dict:
-    """SD 1.5's UNet (runwayml/stable-diffusion-v1-5 unet/config.json); quick: narrow copy."""
-    return dict(
-        sample_size=64,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        block_out_channels=(64, 128, 256, 256) if quick else (320, 640, 1280, 1280),
-        layers_per_block=2,
-        cross_attention_dim=768,
-        attention_head_dim=8,  # legacy name: 8 heads
-        norm_num_groups=32,
-    )
 
 
 def _status() -> dict[str, int]:
@@ -82,7 +67,7 @@ def child(variant: str, quick: bool, size: int, threads: int, repeat: int) -> di
     torch.set_num_threads(threads)
     torch.set_flush_denormal(True)
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(**sd15_config(quick)).eval()
+    unet = UNet2DConditionModel(**sd15_unet_config(64 if quick else 320)).eval()
     g = torch.Generator().manual_seed(0)
     latent = torch.randn(1, 4, size // 8, size // 8, generator=g)
     context = torch.randn(1, 77, 768, generator=g)

@@ -76,17 +76,18 @@ def sdxl_vae_config() -> dict:
     )
 
 
-def sd15_unet_config() -> dict:
-    """Stable Diffusion 1.5's UNet architecture (its unet/config.json)."""
+def sd15_unet_config(width: int = 320) -> dict:
+    """Stable Diffusion 1.5's UNet architecture (its unet/config.json); ``width`` scales the
+    channels (64: a narrow copy for quick runs)."""
     return dict(
         sample_size=64,
         in_channels=4,
         out_channels=4,
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        block_out_channels=(320, 640, 1280, 1280),
+        block_out_channels=(width, 2 * width, 4 * width, 4 * width),
         layers_per_block=2,
-        attention_head_dim=8,
+        attention_head_dim=8,  # legacy name: 8 heads
         cross_attention_dim=768,
         norm_num_groups=32,
     )

@@ -119,17 +119,22 @@ def test_end_to_end_ncut_on_fake_coco(reference):
     assert len(read_records(out / "records.jsonl")) == 5
 
 
-def test_resume_after_a_kill_gives_identical_numbers(coco, reference, tmp_path):
-    ref, _ = reference
+def kill_after(n: int):
+    """An ``on_record`` callback that raises :class:`Killed` after ``n`` records."""
     seen = []
 
-    def kill_after_two(i, rec):
+    def callback(i, rec):
         seen.append(i)
-        if len(seen) == 2:
+        if len(seen) == n:
             raise Killed
 
+    return callback
+
+
+def test_resume_after_a_kill_gives_identical_numbers(coco, reference, tmp_path):
+    ref, _ = reference
     with pytest.raises(Killed):
-        evaluate(settings(coco), tmp_path, progress=False, on_record=kill_after_two)
+        evaluate(settings(coco), tmp_path, progress=False, on_record=kill_after(2))
     assert sorted(read_records(tmp_path / "records.jsonl")) == [0, 1]
     with pytest.raises(ValueError, match="--resume"):
         evaluate(settings(coco), tmp_path, progress=False)
@@ -237,15 +242,8 @@ def test_refinement_runs_after_the_background_merge_and_predictions_are_saved(tm
 
 def test_saved_predictions_survive_a_kill_and_a_late_request(coco, reference, tmp_path):
     ref, _ = reference
-    seen = []
-
-    def kill_after_two(i, rec):
-        seen.append(i)
-        if len(seen) == 2:
-            raise Killed
-
     with pytest.raises(Killed):
-        evaluate(settings(coco), tmp_path / "a", progress=False, on_record=kill_after_two,
+        evaluate(settings(coco), tmp_path / "a", progress=False, on_record=kill_after(2),
                  save_predictions=True)
     assert len(list((tmp_path / "a/predictions/scored").iterdir())) == 2
     result = evaluate(settings(coco), tmp_path / "a", progress=False, resume=True,
