@@ -25,6 +25,9 @@ app = typer.Typer(
 )
 
 OUTPUT_FORMATS = ("png", "coco", "npz")
+#: compare's figure: the format its extension names.
+FIGURE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+MIN_PANEL_WIDTH = 32
 
 
 def _error(message: str) -> None:
@@ -136,7 +139,7 @@ def segment_command(
     segments its share of the inputs."""
     from diffuseg import pipeline
     from diffuseg.backbones import WeightsNotFoundError
-    from diffuseg.io import iter_image_paths, load_image
+    from diffuseg.io import ensure_folder, iter_image_paths, load_image
     from diffuseg.methods import get_method
     from diffuseg.segmenter import Segmenter
     from diffuseg.types import Encoding
@@ -201,7 +204,7 @@ def segment_command(
         return names
 
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        ensure_folder(out, "output folder")
         skip = pipeline.prepare_folder(out, items, files_of, resume, overwrite)
     except (ValueError, OSError) as exc:
         _error(str(exc))
@@ -331,7 +334,7 @@ def encode_command(
     from tqdm import tqdm
 
     from diffuseg.backbones import WeightsNotFoundError, load_backbone
-    from diffuseg.io import iter_image_paths, load_image
+    from diffuseg.io import ensure_folder, iter_image_paths, load_image
     from diffuseg.methods import get_method
 
     needs = {"features", "attention"}
@@ -348,11 +351,11 @@ def encode_command(
         _error("no input images")
         raise typer.Exit(2)
     try:
+        ensure_folder(out, "output folder")
         model = load_backbone(backbone, device=device, dtype=dtype, cuda_dtype=cuda_dtype)
     except (WeightsNotFoundError, ValueError) as exc:
         _error(str(exc))
         raise typer.Exit(2) from None
-    out.mkdir(parents=True, exist_ok=True)
     failed = 0
     from diffuseg.pipeline import plan
 
@@ -379,8 +382,9 @@ def compare_command(
     methods: Annotated[str, typer.Option(
         help="Comma-separated methods, one panel each (see `diffuseg methods`).")
     ] = "diffcut,diffseg,dwc",
-    out: Annotated[Path, typer.Option("--out", "-o", help="Figure to write (.png).")] = Path(
-        "compare.png"),
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Figure to write: .png, .jpg or .webp (the extension decides).")
+    ] = Path("compare.png"),
     backbone: Annotated[str | None, typer.Option(
         help="Backbone preset or local model folder for every method that needs one "
              "(default: each method's own).")] = None,
@@ -398,7 +402,7 @@ def compare_command(
     from PIL import Image
 
     from diffuseg.backbones import WeightsNotFoundError
-    from diffuseg.io import atomic_path, load_image
+    from diffuseg.io import atomic_path, ensure_folder, load_image
     from diffuseg.methods import get_method
     from diffuseg.segmenter import Segmenter
     from diffuseg.viz import compare_figure
@@ -408,6 +412,16 @@ def compare_command(
         _error("no methods given (--methods diffcut,diffseg,...)")
         raise typer.Exit(2)
     try:
+        if panel_width is not None and panel_width < MIN_PANEL_WIDTH:
+            raise ValueError(f"--panel-width must be at least {MIN_PANEL_WIDTH} pixels, got "
+                             f"{panel_width}")
+        figure_format = FIGURE_FORMATS.get(out.suffix.lower())
+        if figure_format is None:
+            raise ValueError(f"--out {out}: the figure's extension says its format; use one of "
+                             f"{', '.join(sorted(FIGURE_FORMATS))}")
+        if out.is_dir():
+            raise ValueError(f"--out {out} is a folder; name the figure file")
+        ensure_folder(out.parent if str(out.parent) else Path("."), "output folder")
         specs = [get_method(name) for name in names]
         array = load_image(image)
     except ValueError as exc:
@@ -451,8 +465,12 @@ def compare_command(
         titles[spec.name] = f"{spec.name}{where}: {result.num_segments} segments"
     width = panel_width or min(array.shape[1], 512)
     figure = compare_figure(array, panels, titles, panel_width=width)
-    with atomic_path(out) as tmp:
-        Image.fromarray(figure).save(tmp, format="PNG")
+    try:
+        with atomic_path(out) as tmp:
+            Image.fromarray(figure).save(tmp, format=figure_format)
+    except OSError as exc:
+        _error(f"cannot write {out}: {exc.strerror or exc}")
+        raise typer.Exit(2) from None
     typer.echo(f"wrote {out} ({len(names)} methods, {figure.shape[1]}x{figure.shape[0]})",
                err=True)
 

@@ -623,6 +623,34 @@ def _temp_affixes(path: Path) -> dict[str, str]:
     return {"prefix": f".{os.fsdecode(name)}.", "suffix": tail}
 
 
+def ensure_folder(path: str | os.PathLike, what: str, probe: bool = True) -> None:
+    """Create ``path`` (with its parents) and, when ``probe``, check that a file can be written
+    in it; else one ValueError that names ``what``, the path and the cause (a file in the way,
+    no permission, a read-only or virtual file system such as /proc). ``probe=False`` for
+    folders only read from (a read-only Encoding cache that holds every Encoding is fine)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {path} is a file, not a folder")
+    for parent in path.parents:  # the nearest existing ancestor must be a folder
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{what} {path} cannot be created: {parent} is a file, "
+                                 "not a folder")
+            break
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"{what} {path} cannot be created: {exc.strerror or exc}") from exc
+    if not probe:
+        return
+    test_file = path / f".diffuseg-write-test-{os.getpid()}"
+    try:
+        test_file.write_bytes(b"")
+        test_file.unlink()
+    except OSError as exc:
+        raise ValueError(f"{what} {path} is not writable: {exc.strerror or exc}") from exc
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, fsync: bool = True) -> Iterator[Path]:
     """Write a file all-or-nothing.

@@ -169,3 +169,36 @@ def test_dwc_with_attention_averaged_over_timesteps(tmp_path, tiny_sd1):
     record = json.loads((out / "a.json").read_text())
     assert record["config"]["attention_timestep"] == [100, 300, 700]
     assert read_label_png(out / "a.labels.png").shape == (96, 160)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["compare", "{img}", "--methods", "ncut", "--panel-width", "0", "--out", "{tmp}/x.png"],
+     "--panel-width must be at least 32 pixels, got 0"),
+    (["compare", "{img}", "--methods", "ncut", "--out", "{tmp}/afile/x.png"],
+     "output folder {tmp}/afile is a file, not a folder"),
+    (["compare", "{img}", "--methods", "ncut", "--out", "{tmp}/x.gif"],
+     "the figure's extension says its format"),
+    (["compare", "{img}", "--methods", "ncut", "--out", "{tmp}"], "use one of"),
+    (["segment", "{img}", "--method", "ncut", "--out", "{tmp}/afile"],
+     "output folder {tmp}/afile is a file, not a folder"),
+    (["segment", "{img}", "--method", "ncut", "--out", "/proc/diffuseg-test"],
+     "output folder /proc/diffuseg-test cannot be created"),
+    (["encode", "{img}", "--out", "{tmp}/afile/enc"], "{tmp}/afile is a file, not a folder"),
+])
+def test_unusable_outputs_are_one_error_line(tmp_path, args, message):
+    Image.fromarray(bands()).save(tmp_path / "a.png")
+    (tmp_path / "afile").write_text("x")
+    fill = {"img": str(tmp_path / "a.png"), "tmp": str(tmp_path)}
+    result = runner.invoke(app, [a.format(**fill) for a in args])
+    assert result.exit_code == 2, result.output
+    assert message.format(**fill) in result.stderr and "Traceback" not in result.output
+
+
+def test_compare_writes_the_format_its_extension_names(tmp_path):
+    Image.fromarray(bands()).save(tmp_path / "a.png")
+    for name, fmt in (("f.jpg", "JPEG"), ("f.png", "PNG"), ("f.webp", "WEBP")):
+        result = runner.invoke(app, ["compare", str(tmp_path / "a.png"), "--methods", "ncut",
+                                     "--out", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+        with Image.open(tmp_path / name) as im:
+            assert im.format == fmt

@@ -105,7 +105,7 @@ from diffuseg.eval.matching import (
     official_scores,
 )
 from diffuseg.eval.openvocab import class_counts, class_iou, counts_jaccard, open_vocab_prompts
-from diffuseg.io import write_json
+from diffuseg.io import ensure_folder, write_json
 
 
 @dataclass(frozen=True)
@@ -450,34 +450,6 @@ def read_json_object(path: Path, hint: str = "") -> dict:
     return data
 
 
-def prepare_folder(path: Path, what: str, probe: bool = True) -> None:
-    """Create ``path`` (with its parents) and, when ``probe``, check that a file can be written
-    in it; else one ValueError that names ``what``, the path and the cause (a file in the way,
-    no permission, a read-only or virtual file system such as /proc). The Encoding cache is
-    not probed: a read-only cache that holds every Encoding is fine."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{what} {path} is a file, not a folder")
-    for parent in path.parents:  # the nearest existing ancestor must be a folder
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(f"{what} {path} cannot be created: {parent} is a file, "
-                                 "not a folder")
-            break
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ValueError(f"{what} {path} cannot be created: {exc.strerror or exc}") from exc
-    if not probe:
-        return
-    test_file = path / f".diffuseg-write-test-{os.getpid()}"
-    try:
-        test_file.write_bytes(b"")
-        test_file.unlink()
-    except OSError as exc:
-        raise ValueError(f"{what} {path} is not writable: {exc.strerror or exc}") from exc
-
-
 def _check_run(out_dir: Path, settings: EvalSettings, resume: bool) -> bool:
     """Refuse a folder whose run.json or records do not belong to this run; True when run.json
     exists and holds this run's identity."""
@@ -578,7 +550,7 @@ def evaluate(
     settings.validate()  # the fields may have changed since construction
     rank, world = _dist_env()
     out_dir = Path(out_dir)
-    prepare_folder(out_dir, "output folder")
+    ensure_folder(out_dir, "output folder")
     if encodings is not None and Path(encodings).exists() and not Path(encodings).is_dir():
         raise ValueError(f"encodings folder {encodings} is a file, not a folder")
     ds = dataset if dataset is not None else get_dataset(settings.dataset, settings.root,
@@ -651,10 +623,10 @@ def evaluate(
     needs = sorted(segmenter.spec.needs & {"features", "attention"})
     cache = None
     if encodings is not None and needs:
-        prepare_folder(Path(encodings), "encodings folder", probe=False)
+        ensure_folder(Path(encodings), "encodings folder", probe=False)
         cache = encoding_cache_dir(Path(encodings), segmenter.backbone_name, protocol.input_size,
                                    needs, ds.name, settings.preprocessing)
-        prepare_folder(cache, "encodings folder", probe=False)
+        ensure_folder(cache, "encodings folder", probe=False)
     expected = _encoding_meta(segmenter, settings, needs, protocol) if needs else {}
     method_config_path = out_dir / "method_config.json"
     bar = _progress(len(mine), len(mine) - len(todo), progress, rank, settings)
@@ -916,7 +888,7 @@ class PredictionWriter:
     def __init__(self, out_dir: Path) -> None:
         self.folders = {k: Path(out_dir) / "predictions" / k for k in self.KINDS}
         for folder in self.folders.values():
-            prepare_folder(folder, "predictions folder")
+            ensure_folder(folder, "predictions folder")
 
     def paths(self, image_id: str) -> dict[str, Path]:
         return {k: f / f"{_slug(image_id)}.png" for k, f in self.folders.items()}
@@ -1301,5 +1273,5 @@ def load_result(path: str | Path) -> dict:
 
 
 __all__ = ["PROTOCOLS", "EvalSettings", "Protocol", "center_square", "check_result", "evaluate",
-           "get_protocol", "load_result", "prepare_folder", "preprocess", "read_json_object",
+           "get_protocol", "load_result", "preprocess", "read_json_object",
            "read_records", "results_markdown", "run_digest"]

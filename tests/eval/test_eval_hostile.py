@@ -24,12 +24,12 @@ from diffuseg.eval.runner import (
     evaluate,
     get_protocol,
     load_result,
-    prepare_folder,
     read_records,
     record_line,
     results_markdown,
     run_digest,
 )
+from diffuseg.io import ensure_folder
 
 FAST = {"grid": 16}
 
@@ -347,7 +347,7 @@ def test_output_paths_that_cannot_be_folders(coco, tmp_path):
                   afile])
     assert_one_error(res, f"error: encodings folder {afile} is a file, not a folder")
     with pytest.raises(ValueError) as info:
-        prepare_folder(afile / "cache", "encodings folder")
+        ensure_folder(afile / "cache", "encodings folder")
     assert str(info.value) == (f"encodings folder {afile / 'cache'} cannot be created: {afile} "
                                "is a file, not a folder")
 
