@@ -22,7 +22,25 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Training-free segmentation from pre-trained diffusion models (DiffSeg, DiffCut, DWC).",
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from diffuseg import __version__
+
+        typer.echo(f"diffuseg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main_options(
+    version: Annotated[bool, typer.Option(
+        "--version", help="Print the version and exit.", callback=_print_version,
+        is_eager=True)] = False,
+) -> None:
+    """Training-free segmentation from pre-trained diffusion models (DiffSeg, DiffCut, DWC)."""
 
 OUTPUT_FORMATS = ("png", "coco", "npz")
 #: compare's figure: the format its extension names.
@@ -191,6 +209,12 @@ def segment_command(
     if not paths:
         _error("no input images")
         raise typer.Exit(2)
+    try:
+        _check_setup(spec, backbone, device, dtype, size,
+                     images=any(not str(p).endswith(ENCODING_SUFFIX) for p in paths))
+    except (ValueError, WeightsNotFoundError) as exc:
+        _error(str(exc))
+        raise typer.Exit(2) from None
     items = pipeline.shard(pipeline.plan(paths), rank, world)
 
     def files_of(item: pipeline.WorkItem) -> list[str]:
@@ -269,6 +293,29 @@ def segment_command(
         raise typer.Exit(1)
 
 
+def _check_setup(spec, backbone: str | None, device: str | None, dtype: str | None,
+                 size: int | None, images: bool) -> None:
+    """Set-up errors once, before any input (exit 2), not once per input: a device or dtype
+    torch does not know, an unknown backbone, a size below 64 px. Options a method without a
+    backbone ignores get one note."""
+    if not spec.needs_backbone:
+        ignored = [flag for flag, value in (("--backbone", backbone), ("--size", size),
+                                            ("--device", device), ("--dtype", dtype))
+                   if value is not None]
+        if ignored:
+            typer.echo(f"note: {spec.name} reads no model: {', '.join(ignored)} ignored",
+                       err=True)
+        return
+    from diffuseg.backbones.diffusion import resolve_device, resolve_dtype
+    from diffuseg.backbones.registry import resolve_backbone
+
+    resolve_dtype(dtype, resolve_device(device), spec.cuda_dtype)
+    if size is not None and size < 64:
+        raise ValueError(f"--size must be at least 64 pixels, got {size}")
+    if images:  # Encodings need no backbone
+        resolve_backbone(backbone or spec.default_backbone)
+
+
 def _write_outputs(out: Path, item, image, result, formats: list[str]) -> list[str]:
     """Write one input's output set (each file atomically); returns the names written."""
     from diffuseg.io import (
@@ -343,6 +390,9 @@ def encode_command(
         try:
             needs = set(get_method(method).needs)
             cuda_dtype = get_method(method).cuda_dtype
+            if not get_method(method).needs_backbone:
+                raise ValueError(f"{method} reads no model: there is nothing to encode "
+                                 f"(`diffuseg segment IMAGE --method {method}` reads images)")
         except ValueError as exc:
             _error(str(exc))
             raise typer.Exit(2) from None
@@ -480,8 +530,8 @@ def demo_command(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int | None, typer.Option(help="Port (default: the first free from 7860).")
                     ] = None,
-    share: Annotated[str, typer.Option(
-        help="Ask Gradio for a public share link: true or false.")] = "false",
+    share: Annotated[bool, typer.Option(
+        "--share", help="Also ask Gradio for a public share link.")] = False,
     backbone: Annotated[str | None, typer.Option(
         help="Backbone preset or local model folder selected at start.")] = None,
     method: Annotated[str | None, typer.Option(
@@ -494,23 +544,28 @@ def demo_command(
         help="CLIP model for class names (folder, hub id or open_clip name:tag; default "
              "DiffCut's), loaded on the first request that names segments.")] = None,
 ) -> None:
-    """Start the web demo (Gradio: the `demo` extra of the package)."""
-    share_link = share.strip().lower()
-    if share_link not in ("true", "false", "1", "0", "yes", "no"):
-        _error(f"--share takes true or false, got {share!r}")
-        raise typer.Exit(2)
+    """Start the web demo (Gradio: the `demo` extra of the package); prints its address."""
     try:
         from diffuseg.demo import launch
     except ImportError as exc:
         _error(f"the demo needs gradio: pip install 'diffuseg[demo]' ({exc})")
         raise typer.Exit(2) from None
     try:
-        launch(host=host, port=port, share=share_link in ("true", "1", "yes"),
-               backbone=backbone, method=method, max_pixels=max_pixels, max_bytes=max_bytes,
-               clip=clip)
+        demo = launch(host=host, port=port, share=share, backbone=backbone, method=method,
+                      max_pixels=max_pixels, max_bytes=max_bytes, clip=clip,
+                      prevent_thread_lock=True)
     except (ValueError, OSError) as exc:
         _error(str(exc))
         raise typer.Exit(2) from None
+    typer.echo(f"diffuseg demo on {demo.local_url} (Ctrl-C to stop)", err=True)
+    if getattr(demo, "share_url", None):
+        typer.echo(f"public share link: {demo.share_url}", err=True)
+    try:
+        demo.block_thread()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        demo.close()
 
 
 @app.command("backbones")

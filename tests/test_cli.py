@@ -202,3 +202,42 @@ def test_compare_writes_the_format_its_extension_names(tmp_path):
         assert result.exit_code == 0, result.output
         with Image.open(tmp_path / name) as im:
             assert im.format == fmt
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--backbone", "nope"], "unknown backbone 'nope'"),
+    (["--device", "tpu"], "unknown device 'tpu'"),
+    (["--dtype", "float8"], "unknown dtype 'float8'"),
+    (["--size", "8"], "--size must be at least 64 pixels"),
+])
+def test_set_up_errors_are_said_once_before_any_input(tmp_path, args, message):
+    for name in ("a", "b", "c"):
+        Image.fromarray(bands()).save(tmp_path / f"{name}.png")
+    result = runner.invoke(app, ["segment", str(tmp_path / "a.png"), str(tmp_path / "b.png"),
+                                 str(tmp_path / "c.png"), "--method", "diffcut",
+                                 "--out", str(tmp_path / "out"), *args])
+    assert result.exit_code == 2, result.output
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0]
+
+
+def test_options_a_method_ignores_get_a_note_and_encode_refuses_it(tmp_path):
+    Image.fromarray(bands()).save(tmp_path / "a.png")
+    result = runner.invoke(app, ["segment", str(tmp_path / "a.png"), "--method", "ncut",
+                                 "--backbone", "sd15", "--size", "512",
+                                 "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0
+    assert "note: ncut reads no model: --backbone, --size ignored" in result.stderr
+    result = runner.invoke(app, ["encode", str(tmp_path / "a.png"), "--method", "ncut",
+                                 "--out", str(tmp_path / "enc")])
+    assert result.exit_code == 2 and "ncut reads no model: there is nothing to encode" in (
+        result.stderr)
+
+
+def test_version_and_short_help():
+    import diffuseg
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"diffuseg {diffuseg.__version__}"
+    result = runner.invoke(app, ["segment", "-h"])
+    assert result.exit_code == 0 and "--resume" in result.output

@@ -54,7 +54,7 @@ from diffuseg.backbones.registry import (
 from diffuseg.types import Encoding
 
 __all__ = ["Backbone", "load_backbone", "resize_dims", "default_device", "default_dtype",
-           "resolve_dtype"]
+           "resolve_device", "resolve_dtype"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,27 @@ NOISE_SEED = 42
 def default_device() -> torch.device:
     """``cuda`` if available, else ``cpu``."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_device(device: torch.device | str | None) -> torch.device:
+    """A torch device from a name ("cpu", "cuda", "cuda:1", ...); None: :func:`default_device`.
+
+    Raises:
+        ValueError: a name torch does not know, or a CUDA device this machine does not have.
+    """
+    if device is None:
+        return default_device()
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {device!r}: no CUDA device is available here (use cpu)")
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"device {device!r}: this machine has {count} CUDA device(s)")
+    return dev
 
 
 def default_dtype(device: torch.device | str,
@@ -690,7 +711,7 @@ def load_backbone(
             the message is one line saying how to provide them.
     """
     preset = resolve_backbone(name_or_path)
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
     dtype = resolve_dtype(dtype, device, cuda_dtype)
     vae_dtype = torch.float32 if dtype == torch.float16 else dtype
 

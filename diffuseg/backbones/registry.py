@@ -114,21 +114,27 @@ def describe_missing(exc: BaseException) -> str:
     return f"{name}: {text}" if text else name
 
 
-DIFFUSERS_FOLDER = "--model PATH (a local diffusers folder written by save_pretrained)"
+DIFFUSERS_FOLDER = ("--backbone FOLDER (backbone=FOLDER in Python: a diffusers pipeline folder, "
+                    "written by save_pretrained or by `hf download OWNER/NAME --local-dir FOLDER`)")
 
 
 def weights_help(repo_id: str | None, local: str = DIFFUSERS_FOLDER) -> str:
     """One sentence (no newline) on how to provide weights for ``repo_id``.
 
     Args:
-        repo_id: the hub repository (None: "REPO").
+        repo_id: the hub repository, or None when unknown (then no download command is named).
         local: how to name a local copy, e.g. the option and the folder layout it wants.
     """
-    repo = repo_id or "REPO"
-    text = f"Provide the weights with {local}, or download them once with `hf download {repo}`"
+    text = f"Provide the weights with {local}"
+    if repo_id:
+        text += f", or download them once with `hf download {repo_id}`"
     if hub_offline():
-        return text + " (HF_HUB_OFFLINE is set: only the local Hugging Face cache is searched)."
-    return text + " and set HF_HUB_OFFLINE=1 to use the cache without network."
+        text += " (HF_HUB_OFFLINE is set: only the local Hugging Face cache is searched)."
+    else:
+        text += "; HF_HUB_OFFLINE=1 uses the cache without network."
+    if local == DIFFUSERS_FOLDER:
+        text += " `--method ncut` needs no weights."
+    return text
 
 
 FAMILIES = ("sd1", "sd2", "sdxl")

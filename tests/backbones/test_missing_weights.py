@@ -7,10 +7,11 @@ from diffuseg.backbones import WeightsNotFoundError, load_backbone
 
 def _assert_helpful(message: str):
     assert "\n" not in message
-    assert "--model PATH" in message
+    assert "--backbone FOLDER" in message and "--model" not in message
     assert "save_pretrained" in message
-    assert "hf download" in message
+    assert "hf download" in message and "REPO" not in message
     assert "HF_HUB_OFFLINE" in message
+    assert "`--method ncut` needs no weights" in message
 
 
 def test_is_a_value_error():
