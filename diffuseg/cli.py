@@ -215,7 +215,12 @@ def segment_command(
     except (ValueError, WeightsNotFoundError) as exc:
         _error(str(exc))
         raise typer.Exit(2) from None
-    items = pipeline.shard(pipeline.plan(paths), rank, world)
+    planned = pipeline.plan(paths)
+    for item in planned:  # a stem changed to avoid a clash is said, not silent
+        if item.stem != pipeline.output_stem(item.path) and rank == 0:
+            typer.echo(f"note: {item.path} is written as {item.stem}.* (another input has its "
+                       "name)", err=True)
+    items = pipeline.shard(planned, rank, world)
 
     def files_of(item: pipeline.WorkItem) -> list[str]:
         names = []
@@ -318,6 +323,7 @@ def _check_setup(spec, backbone: str | None, device: str | None, dtype: str | No
 
 def _write_outputs(out: Path, item, image, result, formats: list[str]) -> list[str]:
     """Write one input's output set (each file atomically); returns the names written."""
+    from diffuseg import __version__
     from diffuseg.io import (
         write_json,
         write_label_png,
@@ -333,14 +339,16 @@ def _write_outputs(out: Path, item, image, result, formats: list[str]) -> list[s
         if image is not None:
             write_overlay_png(out / f"{stem}.overlay.png", image, result.labels)
             names.append(f"{stem}.overlay.png")
-        write_json(out / f"{stem}.json", {"input": str(item.path), **result.to_dict()})
+        write_json(out / f"{stem}.json", {"input": str(item.path), "diffuseg": __version__,
+                                          **result.to_dict()})
         names.append(f"{stem}.json")
     if "coco" in formats:
         write_masks_json(out / f"{stem}.masks.json", result.labels, result.config,
-                         names=result.names, input=str(item.path))
+                         names=result.names, input=str(item.path), diffuseg=__version__)
         names.append(f"{stem}.masks.json")
     if "npz" in formats:
         write_npz(out / f"{stem}.npz", result.labels, {"input": str(item.path),
+                                                       "diffuseg": __version__,
                                                        **result.to_dict()})
         names.append(f"{stem}.npz")
     return names

@@ -241,3 +241,21 @@ def test_version_and_short_help():
     assert result.exit_code == 0 and result.output.strip() == f"diffuseg {diffuseg.__version__}"
     result = runner.invoke(app, ["segment", "-h"])
     assert result.exit_code == 0 and "--resume" in result.output
+
+
+def test_outputs_say_their_version_and_renamed_stems_are_said(tmp_path):
+    import diffuseg
+
+    for folder in ("x", "y"):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(bands()).save(tmp_path / folder / "a.png")
+    result = runner.invoke(app, ["segment", str(tmp_path / "x" / "a.png"),
+                                 str(tmp_path / "y" / "a.png"), "--method", "ncut",
+                                 "-f", "png,coco", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert f"note: {tmp_path / 'y' / 'a.png'} is written as a-2.*" in result.stderr
+    record = json.loads((tmp_path / "out" / "a-2.json").read_text())
+    assert record["diffuseg"] == diffuseg.__version__
+    assert record["input"] == str(tmp_path / "y" / "a.png")
+    masks = json.loads((tmp_path / "out" / "a.masks.json").read_text())
+    assert masks["diffuseg"] == diffuseg.__version__
