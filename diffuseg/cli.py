@@ -42,10 +42,12 @@ def _main_options(
 ) -> None:
     """Training-free segmentation from pre-trained diffusion models (DiffSeg, DiffCut, DWC)."""
 
-OUTPUT_FORMATS = ("png", "coco", "npz")
+OUTPUT_FORMATS = ("png", "coco", "npz", "hierarchy")
 #: compare's figure: the format its extension names.
 FIGURE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 MIN_PANEL_WIDTH = 32
+#: The methods whose segmentations carry a cut hierarchy (--depth, --format hierarchy).
+CUT_METHODS = ("diffcut", "dwc", "ncut")
 
 
 def _error(message: str) -> None:
@@ -113,7 +115,12 @@ def segment_command(
         "--format", "-f",
         help="Output format(s), comma-separated: png (<name>.labels.png, .overlay.png, .json), "
              "coco (<name>.masks.json: COCO RLE masks, SAM field names), "
-             "npz (<name>.npz: labels int32 + JSON meta, no pickles).")] = "png",
+             "npz (<name>.npz: labels int32 + JSON meta, no pickles), "
+             "hierarchy (<name>.hierarchy.png: one overlay per depth of the cut, a region "
+             "keeping its colour from depth to depth).")] = "png",
+    depth: Annotated[int | None, typer.Option(
+        help="Write the regions at this depth of the cut's hierarchy (0: one segment) instead "
+             "of its leaves (cut-based methods: diffcut, dwc, ncut).")] = None,
     classes: Annotated[str | None, typer.Option(
         help="Name each segment with one of these comma-separated class names (CLIP mask "
              "classification, DiffCut's way), e.g. \"cat,dog,grass\".")] = None,
@@ -201,6 +208,11 @@ def segment_command(
         if voting not in ("mean", "majority"):
             raise ValueError(f"--voting must be mean or majority, got {voting!r}")
         chosen = [w.strip() for w in words.split(",") if w.strip()] if words else None
+        if depth is not None and depth < 0:
+            raise ValueError(f"--depth must be >= 0, got {depth}")
+        if (depth is not None or "hierarchy" in formats) and spec.name not in CUT_METHODS:
+            raise ValueError(f"--depth and --format hierarchy need a cut's hierarchy: "
+                             f"{', '.join(CUT_METHODS)} make one, {method} does not")
     except (ValueError, typer.BadParameter) as exc:
         _error(str(exc))
         raise typer.Exit(2) from None
@@ -230,6 +242,8 @@ def segment_command(
             names.append(f"{item.stem}.masks.json")
         if "npz" in formats:
             names.append(f"{item.stem}.npz")
+        if "hierarchy" in formats:
+            names.append(f"{item.stem}.hierarchy.png")
         return names
 
     try:
@@ -252,11 +266,13 @@ def segment_command(
         return [p if isinstance(p, Encoding) else next(encoded) for p in payloads]
 
     def process(item: pipeline.WorkItem, enc: Encoding) -> pipeline.Outcome:
-        result = segmenter.segment(enc)
+        full = result = segmenter.segment(enc)
+        if depth is not None:
+            result = full.at_depth(depth)
         if naming:
             result = segmenter.name(result, enc, classes=class_names, caption=caption,
                                     words=chosen, voting=voting, merge=merge)
-        written = _write_outputs(out, item, enc.image, result, formats)
+        written = _write_outputs(out, item, enc.image, result, formats, full)
         journal.append({"index": item.index, "input": str(item.path), "stem": item.stem,
                         "status": "done", "segments": result.num_segments, "files": written})
         return pipeline.Outcome(item, "done", segments=result.num_segments, files=written)
@@ -321,8 +337,9 @@ def _check_setup(spec, backbone: str | None, device: str | None, dtype: str | No
         resolve_backbone(backbone or spec.default_backbone)
 
 
-def _write_outputs(out: Path, item, image, result, formats: list[str]) -> list[str]:
-    """Write one input's output set (each file atomically); returns the names written."""
+def _write_outputs(out: Path, item, image, result, formats: list[str], full=None) -> list[str]:
+    """Write one input's output set (each file atomically); returns the names written.
+    ``full``: the segmentation with its hierarchy when ``result`` is one depth of it."""
     from diffuseg import __version__
     from diffuseg.io import (
         write_json,
@@ -346,6 +363,16 @@ def _write_outputs(out: Path, item, image, result, formats: list[str]) -> list[s
         write_masks_json(out / f"{stem}.masks.json", result.labels, result.config,
                          names=result.names, input=str(item.path), diffuseg=__version__)
         names.append(f"{stem}.masks.json")
+    if "hierarchy" in formats and image is not None:
+        from PIL import Image
+
+        from diffuseg.io import atomic_path
+        from diffuseg.viz import hierarchy_figure
+
+        figure = hierarchy_figure(image, full if full is not None else result)
+        with atomic_path(out / f"{stem}.hierarchy.png") as tmp:
+            Image.fromarray(figure).save(tmp, format="PNG")
+        names.append(f"{stem}.hierarchy.png")
     if "npz" in formats:
         write_npz(out / f"{stem}.npz", result.labels, {"input": str(item.path),
                                                        "diffuseg": __version__,

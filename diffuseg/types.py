@@ -439,6 +439,26 @@ class Segmentation:
             raise ValueError("this segmentation has no hierarchy (not a cut-based method)")
         return self.hierarchy.labels_at_depth(self.method_labels, depth)
 
+    def at_depth(self, depth: int) -> Segmentation:
+        """A new Segmentation of the regions at ``depth`` of the hierarchy (0: one segment).
+
+        Its labels are :meth:`labels_at_depth`; each record lists, as ``"leaves"``, the leaf
+        ids of the full cut the region merges; ``config["depth"]`` says the depth. It has no
+        hierarchy of its own (the tree is the full segmentation's).
+
+        Raises:
+            ValueError: no hierarchy, or a negative depth.
+        """
+        if depth < 0:
+            raise ValueError(f"depth must be >= 0, got {depth}")
+        labels = self.labels_at_depth(depth)
+        leaves = self.method_labels
+        records = segment_records(labels)
+        for record in records:
+            record["leaves"] = sorted(int(x) for x in np.unique(leaves[labels == record["label"]]))
+        return Segmentation(labels=labels, segments=records,
+                            config={**self.config, "depth": int(depth)})
+
     @property
     def method_labels(self) -> np.ndarray:
         """(H, W) int64: each pixel's id as the method made it, before labels were made

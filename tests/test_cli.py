@@ -259,3 +259,27 @@ def test_outputs_say_their_version_and_renamed_stems_are_said(tmp_path):
     assert record["input"] == str(tmp_path / "y" / "a.png")
     masks = json.loads((tmp_path / "out" / "a.masks.json").read_text())
     assert masks["diffuseg"] == diffuseg.__version__
+
+
+def test_depth_and_hierarchy_figure(tmp_path):
+    image = np.zeros((60, 80, 3), np.uint8)
+    image[:, :40] = (200, 30, 30)
+    image[:30, 40:] = (30, 200, 30)
+    image[30:, 40:] = (30, 30, 200)
+    image[:20, :20] = (250, 250, 0)
+    Image.fromarray(image).save(tmp_path / "q.png")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["segment", str(tmp_path / "q.png"), "--method", "ncut",
+                                 "--depth", "1", "-f", "png,hierarchy", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "q.json").read_text())
+    assert record["config"]["depth"] == 1 and record["num_segments"] == 2
+    leaves = sorted(sorted(s["leaves"]) for s in record["segments"])
+    assert sorted(x for group in leaves for x in group) == [0, 1, 2, 3]  # the 4 leaves, merged
+    labels = read_label_png(out / "q.labels.png")
+    assert len(np.unique(labels[:, :40])) == 1 or len(np.unique(labels[:, 40:])) == 1
+    with Image.open(out / "q.hierarchy.png") as figure:
+        assert figure.size[0] == 80 and figure.size[1] > 4 * 60  # depths 0..3, one row each
+    bad = runner.invoke(app, ["segment", str(tmp_path / "q.png"), "--method", "kmeans",
+                              "--depth", "1", "--out", str(tmp_path / "k")])
+    assert bad.exit_code == 2 and "need a cut's hierarchy" in bad.stderr
