@@ -1133,19 +1133,52 @@ def _pct(x: float | None) -> str:
     return "–" if x is None or not np.isfinite(x) else f"{100 * x:.1f}"
 
 
+#: Keys the table's own columns already show.
+_SHOWN = {"dataset", "method", "backbone", "protocol", "matching", "input_size", "score_size"}
+
+
+def differing_settings(results: list[dict]) -> list[dict[str, Any]]:
+    """Per result, the settings (run settings and resolved method config, flattened) whose
+    values are not the same in every result, the table's own columns aside; [] when the rows
+    differ in nothing else (or there is one row)."""
+    if len(results) < 2:
+        return []
+    flat = []
+    for r in results:
+        values: dict[str, Any] = {}
+        for key, value in (r.get("settings") or {}).items():
+            if key == "params":
+                continue  # the method config holds them, resolved
+            values[key] = value
+        for key, value in (r.get("method_config") or {}).items():
+            values[key] = value
+        flat.append({k: json.dumps(v, sort_keys=True, default=str) for k, v in values.items()
+                     if k not in _SHOWN and k not in ("root", "output_size")})
+    keys = sorted({k for f in flat for k in f if len({g.get(k) for g in flat}) > 1})
+    if not keys:
+        return []
+    return [{k: json.loads(f[k]) if k in f else "–" for k in keys} for f in flat]
+
+
 def results_markdown(results: list[dict], config: bool = False) -> str:
     """One markdown table of results (mIoU / pixel accuracy in percent, published beside).
 
     When any result has an ``open_vocab`` block, three columns follow: its per-image mIoU
-    (DiffCut's number), its dataset mIoU and the published open-vocabulary mIoU.
+    (DiffCut's number), its dataset mIoU and the published open-vocabulary mIoU. When rows
+    differ in settings the other columns do not show (a method parameter, the preprocessing,
+    the dtype, ...), a last column lists them per row (:func:`differing_settings`).
     """
     open_vocab = any(r.get("open_vocab") for r in results)
+    differ = differing_settings(results)
     head = ("| dataset | method | backbone | protocol | scored at | images | matching | mIoU "
             "| pixel acc. | published mIoU | published pixel acc. |")
     ncol = 11
     if open_vocab:
         head += " open-vocab mIoU | open-vocab mIoU (dataset) | published open-vocab mIoU |"
         ncol += 3
+    if differ:
+        head += " settings that differ |"
+        ncol += 1
     lines = [head, "|" + "---|" * ncol]
     for r in results:
         pubs = r.get("published") or []
@@ -1165,6 +1198,9 @@ def results_markdown(results: list[dict], config: bool = False) -> str:
             po = ov.get("published") or []
             row += (f" {_pct(ov.get('miou_per_image'))} | {_pct(ov.get('miou_dataset'))} | "
                     f"{po[0]['value'] if po else '–'} |")
+        if differ:
+            row += " " + (", ".join(f"{k}={v}" for k, v in differ[len(lines) - 2].items())
+                          or "–") + " |"
         lines.append(row)
     text = "\n".join(lines) + "\n"
     if config:

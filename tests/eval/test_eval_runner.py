@@ -20,6 +20,7 @@ from diffuseg.eval.runner import (
     get_protocol,
     preprocess,
     read_records,
+    results_markdown,
 )
 
 FAST = {"grid": 16}  # a coarse ncut graph keeps these tests quick
@@ -397,3 +398,16 @@ def test_cached_encodings_are_reused_only_for_the_same_encoding_settings(coco, t
         enc.save(path)
         run(f"e-{key}")
         assert cached_meta()[0][key] == {"seed": 42, "dtype": "float32"}[key]
+
+
+def test_compare_shows_the_settings_that_differ(coco, reference, tmp_path):
+    ref, _ = reference
+    other = evaluate(settings(coco, params={"grid": 12}, limit=2), tmp_path / "g12",
+                     progress=False)
+    table = results_markdown([ref, other])
+    head, _, row_ref, row_other = table.strip().splitlines()
+    assert head.endswith("| settings that differ |")
+    assert row_ref.endswith("| grid=16, limit=None |")
+    assert row_other.endswith("| grid=12, limit=2 |")
+    assert "settings that differ" not in results_markdown([ref])
+    assert "settings that differ" not in results_markdown([ref, ref])
