@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from diffuseg.cli_params import parse_params
 from diffuseg.pipeline import ENCODING_SUFFIX
 
 app = typer.Typer(
@@ -52,44 +52,6 @@ CUT_METHODS = ("diffcut", "dwc", "ncut")
 
 def _error(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
-
-
-def _parse_params(items: list[str] | None, spec) -> dict[str, Any]:
-    """``--param key=value`` pairs, each value parsed to the config field's type."""
-    out: dict[str, Any] = {}
-    types = {f.name: f.type for f in fields(spec.config_cls)}
-    for item in items or []:
-        if "=" not in item:
-            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--param")
-        key, raw = item.split("=", 1)
-        key = key.strip().replace("-", "_")
-        if key not in types:
-            raise typer.BadParameter(
-                f"unknown setting {key!r} for {spec.name}; valid: {', '.join(sorted(types))}",
-                param_hint="--param",
-            )
-        out[key] = _parse_value(raw.strip(), str(types[key]))
-    return out
-
-
-def _parse_value(raw: str, type_name: str) -> Any:
-    if raw.lower() in ("none", "null"):
-        return None
-    if "tuple" in type_name:
-        return tuple(_parse_value(x, type_name.replace("tuple", "")) for x in raw.split(",") if x)
-    if "bool" in type_name:
-        if raw.lower() in ("1", "true", "yes", "on"):
-            return True
-        if raw.lower() in ("0", "false", "no", "off"):
-            return False
-        raise typer.BadParameter(f"not a boolean: {raw!r}", param_hint="--param")
-    if "int" in type_name or "float" in type_name:
-        for cast in (int, float):  # 2.5 for an int setting stays 2.5: the config says why not
-            try:
-                return cast(raw)
-            except ValueError:
-                continue
-    return raw
 
 
 @app.command("segment")
@@ -183,7 +145,7 @@ def segment_command(
             raise ValueError("--resume and --overwrite exclude each other")
         rank, world = pipeline.dist_env()
         spec = get_method(method)
-        overrides = _parse_params(param, spec)
+        overrides = parse_params(param, spec)
         for key, value in (("tau", tau), ("alpha", alpha)):
             if value is not None:
                 overrides[key] = value

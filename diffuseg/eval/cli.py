@@ -94,7 +94,7 @@ def run(
                if v is None]
     if missing:
         _fail(f"missing {', '.join(missing)} (see diffuseg eval --help)")
-    from diffuseg.cli import _parse_params
+    from diffuseg.cli_params import parse_params
     from diffuseg.eval.openvocab import open_vocab_prompts
     from diffuseg.eval.runner import EvalSettings, evaluate
     from diffuseg.methods import get_method
@@ -103,7 +103,7 @@ def run(
         _fail("--clip is used only with --open-vocab")
     try:
         spec = get_method(method)
-        params = _parse_params(param, spec)
+        params = parse_params(param, spec)
         timesteps = None
         if attention_timesteps:
             timesteps = [int(t) for t in attention_timesteps.split(",") if t.strip()]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Any
 
@@ -105,3 +107,33 @@ def finish(
         config=cfg,
         token_labels=None if token_labels is None else token_labels.cpu().numpy().astype(np.int32),
     )
+
+
+@contextlib.contextmanager
+def exact_fp32(device: torch.device | str) -> Iterator[None]:
+    """Within the block, float32 matmuls on ``device`` run in full IEEE precision (no TF32 on
+    CUDA, no bf16 on oneDNN CPU), whatever the global setting; the setting is restored after.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        backend = torch.backends.cuda.matmul
+    elif device.type == "cpu":
+        backend = getattr(torch.backends.mkldnn, "matmul", None)
+    else:
+        backend = None
+    if backend is not None and hasattr(backend, "fp32_precision"):
+        old = backend.fp32_precision
+        backend.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            backend.fp32_precision = old
+    elif device.type == "cuda":  # older torch: the legacy switch
+        old_tf32 = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = old_tf32
+    else:
+        yield

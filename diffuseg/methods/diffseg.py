@@ -36,9 +36,8 @@ Differences from the official code (deliberate, documented):
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -47,8 +46,9 @@ import torch.nn.functional as F
 
 from diffuseg.methods import MethodSpec, register
 from diffuseg.methods.assign import upsample_argmax
-from diffuseg.methods.common import finish, output_size_for
+from diffuseg.methods.common import exact_fp32, finish, output_size_for
 from diffuseg.methods.config import MethodConfig, setting
+from diffuseg.methods.kmeans import lloyd_kmeans
 from diffuseg.types import Encoding, Segmentation
 
 Grid = tuple[int, int]
@@ -64,36 +64,6 @@ _REFERENCE_CHUNK_ELEMS = 1 << 24  # 64 MiB of fp32 per (anchors x maps x keys) b
 # --------------------------------------------------------------------------------------------
 # numerics helpers
 # --------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def exact_fp32(device: torch.device | str) -> Iterator[None]:
-    """Within the block, float32 matmuls on ``device`` run in full IEEE precision (no TF32 on
-    CUDA, no bf16 on oneDNN CPU), whatever the global setting; the setting is restored after.
-    """
-    device = torch.device(device)
-    if device.type == "cuda":
-        backend = torch.backends.cuda.matmul
-    elif device.type == "cpu":
-        backend = getattr(torch.backends.mkldnn, "matmul", None)
-    else:
-        backend = None
-    if backend is not None and hasattr(backend, "fp32_precision"):
-        old = backend.fp32_precision
-        backend.fp32_precision = "ieee"
-        try:
-            yield
-        finally:
-            backend.fp32_precision = old
-    elif device.type == "cuda":  # older torch: the legacy switch
-        old_tf32 = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = False
-        try:
-            yield
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = old_tf32
-    else:
-        yield
 
 
 def _work_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -463,7 +433,6 @@ def refine_proposals(
     Returns:
         (P', h, w) float32, P' <= P.
     """
-    from diffuseg.methods.baselines import lloyd_kmeans  # shared k-means; avoids an import cycle
 
     n, h, w = maps.shape
     flat = maps.reshape(n, h * w)
