@@ -390,7 +390,7 @@ class Backbone:
             from transformers import CLIPTokenizer
 
             load, token_folders, text = self._text_loader()
-            tkw = {_transformers_dtype_kw(): self.dtype, "use_safetensors": True}
+            tkw = {transformers_dtype_kw(): self.dtype, "use_safetensors": True}
             tokenizers = [load.tokenizer(CLIPTokenizer, sub) for sub in token_folders]
             encoders = [load(cls, sub, **tkw).to(self.device).eval() for sub, cls in text]
             cached = (tokenizers, encoders)
@@ -561,7 +561,7 @@ HUB_PATTERNS = [
 ]
 
 
-def _missing_errors() -> tuple[type[BaseException], ...]:
+def missing_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean 'the files are not there' (not 'the files are broken')."""
     errors: list[type[BaseException]] = [OSError]
     try:
@@ -614,7 +614,8 @@ def _missing_files(folder: Path, family: str) -> list[str]:
     return missing
 
 
-def _transformers_dtype_kw() -> str:
+def transformers_dtype_kw() -> str:
+    """The keyword transformers' ``from_pretrained`` takes a dtype by ("dtype" from 4.56 on)."""
     import transformers
 
     major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
@@ -627,7 +628,7 @@ class _Loader:
     def __init__(self, preset: BackbonePreset, folder: Path) -> None:
         self.preset = preset
         self.folder = folder
-        self.errors = _missing_errors()
+        self.errors = missing_errors()
 
     def missing(self, what: str) -> WeightsNotFoundError:
         source = self.preset.repo_id
@@ -724,7 +725,7 @@ def load_backbone(
     missing = _missing_files(folder, preset.family)
     if missing:
         raise load.missing("missing " + ", ".join(missing))
-    tkw = {_transformers_dtype_kw(): dtype, "use_safetensors": True}
+    tkw = {transformers_dtype_kw(): dtype, "use_safetensors": True}
     if preset.family == "sdxl":
         text = [("text_encoder", CLIPTextModel), ("text_encoder_2", CLIPTextModelWithProjection)]
         token_folders = ["tokenizer", "tokenizer_2"]

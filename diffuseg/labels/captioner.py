@@ -34,10 +34,10 @@ import numpy as np
 import torch
 
 from diffuseg.backbones.diffusion import (
-    _missing_errors,
-    _transformers_dtype_kw,
     default_device,
+    missing_errors,
     resolve_dtype,
+    transformers_dtype_kw,
 )
 from diffuseg.backbones.registry import (
     WeightsNotFoundError,
@@ -329,9 +329,9 @@ def load_captioner(
             str(folder),
             local_files_only=True,
             use_safetensors=True,
-            **{_transformers_dtype_kw(): dtype},
+            **{transformers_dtype_kw(): dtype},
         )
-    except _missing_errors() as exc:
+    except missing_errors() as exc:
         raise WeightsNotFoundError(
             f"cannot load the captioning model from {where}: {describe_missing(exc)}. "
             f"{_help(repo_id)}"
