@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from eval_fakes import band_dataset
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -59,11 +58,6 @@ def error_lines(res) -> list[str]:
 def assert_one_error(res, line: str) -> None:
     assert res.exit_code == 2, res.output
     assert error_lines(res) == [line]
-
-
-@pytest.fixture(scope="module")
-def coco(tmp_path_factory):
-    return band_dataset(tmp_path_factory.mktemp("coco"), n=5)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from eval_fakes import band_dataset, make_voc
+from eval_fakes import make_voc
 from typer.testing import CliRunner
 
 from diffuseg.eval.cli import eval_app
@@ -34,11 +34,6 @@ def settings(root, **kw):
     base = dict(dataset="coco-stuff-27", root=str(root), method="ncut", params=dict(FAST),
                 protocol="diffcut", input_size=128)
     return EvalSettings(**{**base, **kw})
-
-
-@pytest.fixture(scope="module")
-def coco(tmp_path_factory):
-    return band_dataset(tmp_path_factory.mktemp("coco"), n=5)
 
 
 @pytest.fixture(scope="module")
