@@ -303,3 +303,17 @@ def test_run_diffseg_on_planted_encoding(planted_24x32):
     assert math.isclose(seg.config["kl_epsilon"], DiffSegConfig().kl_epsilon)
     with pytest.raises(ValueError, match="attention"):
         run_diffseg(Encoding(features=torch.zeros(3, 4, 4)), DiffSegConfig())
+
+
+def test_group_means_average_each_distinct_group_once():
+    """Anchors of one region select the same group; averaging each distinct group once gives
+    exactly the per-anchor means."""
+    from diffuseg.methods.diffseg import _group_means
+
+    gen = torch.Generator().manual_seed(0)
+    flat = torch.softmax(torch.randn(50, 30, generator=gen), 1)
+    base = torch.rand(6, 50, generator=gen) < 0.4
+    base[:, 0] = True  # no empty group
+    member = base[torch.randint(0, 6, (40,), generator=gen)]  # 40 anchors, 6 distinct groups
+    plain = torch.stack([flat[row].mean(0) for row in member])
+    torch.testing.assert_close(_group_means(member, flat), plain, rtol=1e-6, atol=1e-7)
