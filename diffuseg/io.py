@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import math
 import os
@@ -621,6 +622,31 @@ def _temp_affixes(path: Path) -> dict[str, str]:
     if len(name) > room:
         name = name[: max(room, 1)].decode("utf-8", "ignore").encode() or b"_"
     return {"prefix": f".{os.fsdecode(name)}.", "suffix": tail}
+
+
+def checksum(payload: Any) -> str:
+    """16 hex digits of the SHA-256 of ``payload`` as canonical JSON (sorted keys, compact)."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def checked_line(record: dict) -> bytes:
+    """One JSONL line of ``record`` with its :func:`checksum` under ``"check"``: what the
+    append-only logs of evaluation records and of segmented collections are made of."""
+    return (json.dumps({**record, "check": checksum(record)}, sort_keys=True,
+                       separators=(",", ":")) + "\n").encode()
+
+
+def parse_checked_line(line: bytes | str) -> dict | None:
+    """The record of a :func:`checked_line`, or None if the line is not JSON, not an object,
+    or fails its checksum (a line cut by a crash, or damaged)."""
+    try:
+        record = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(record, dict) or record.pop("check", None) != checksum(record):
+        return None
+    return record
 
 
 def ensure_folder(path: str | os.PathLike, what: str, probe: bool = True) -> None:

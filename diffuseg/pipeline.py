@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import glob
 import hashlib
-import json
 import os
 import threading
 import time
@@ -149,10 +148,6 @@ def shard(items: Sequence[WorkItem], rank: int, world: int) -> list[WorkItem]:
 # ---------------------------------------------------------------------------------------------
 # the journal and the manifest
 # ---------------------------------------------------------------------------------------------
-def _check(record: dict) -> str:
-    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
-
-
 class Journal:
     """Append-only record of this process's finished inputs (one checksummed, fsynced line
     each); reads every process's journal of an output folder."""
@@ -164,11 +159,13 @@ class Journal:
         self._file = None
 
     def append(self, record: dict) -> None:
-        line = json.dumps({**record, "check": _check(record)}, sort_keys=True) + "\n"
+        from diffuseg.io import checked_line
+
+        line = checked_line(record)
         with self._lock:
             if self._file is None:
                 self.folder.mkdir(parents=True, exist_ok=True)
-                self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+                self._file = open(self.path, "ab")  # noqa: SIM115
             self._file.write(line)
             self._file.flush()
             os.fsync(self._file.fileno())
@@ -183,17 +180,15 @@ class Journal:
     def read_all(out: Path) -> dict[str, dict]:
         """Every intact journal line of the folder, by output stem (a line cut by a kill, or
         damaged, is ignored: its input is simply not done)."""
+        from diffuseg.io import parse_checked_line
+
         records: dict[str, dict] = {}
         folder = Path(out) / STATE_DIR
         for path in sorted(folder.glob("journal.rank*.jsonl")) if folder.is_dir() else ():
-            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue
-                if not isinstance(rec, dict) or rec.pop("check", None) != _check(rec):
-                    continue
-                records[str(rec.get("stem"))] = rec
+            for line in path.read_bytes().splitlines():
+                rec = parse_checked_line(line)
+                if rec is not None:
+                    records[str(rec.get("stem"))] = rec
         return records
 
 

@@ -105,7 +105,7 @@ from diffuseg.eval.matching import (
     official_scores,
 )
 from diffuseg.eval.openvocab import class_counts, class_iou, counts_jaccard, open_vocab_prompts
-from diffuseg.io import ensure_folder, write_json
+from diffuseg.io import checked_line, checksum, ensure_folder, parse_checked_line, write_json
 
 
 @dataclass(frozen=True)
@@ -305,26 +305,13 @@ class EvalSettings:
 # ---------------------------------------------------------------------------------------------
 # durable records
 # ---------------------------------------------------------------------------------------------
-def _digest(payload: dict) -> str:
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def record_line(record: dict) -> bytes:
-    """One JSONL line with a checksum of the record."""
-    return (json.dumps({**record, "check": _digest(record)}, sort_keys=True,
-                       separators=(",", ":")) + "\n").encode()
+#: One JSONL line with a checksum of the record (io.checked_line, shared with segment's journal).
+record_line = checked_line
 
 
 def _parse(line: bytes) -> dict | None:
-    try:
-        rec = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if not isinstance(rec, dict) or "check" not in rec:
-        return None
-    check = rec.pop("check")
-    if check != _digest(rec):
+    rec = parse_checked_line(line)
+    if rec is None:
         return None
     # what every reader relies on: the dataset index and the image id
     index = rec.get("i")
@@ -429,7 +416,7 @@ def _load_all_records(out_dir: Path, own: Path, pattern: str = "records*.jsonl"
 def run_digest(settings: EvalSettings) -> str:
     """The digest of ``settings.identity()`` that every record (and failure line) carries as
     ``"run"``: resume takes only records of the run's own digest."""
-    return _digest(settings.identity())
+    return checksum(settings.identity())
 
 
 _JSON_KINDS = {list: "a list", str: "a string", int: "a number", float: "a number",

@@ -70,7 +70,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from diffuseg.graph.eigen import fiedler_batch, fiedler_vector, solver_kind
+from diffuseg.graph.eigen import fiedler_batch, fiedler_vector, fix_sign, solver_kind
 from diffuseg.types import Hierarchy, HierarchyNode
 
 MODES = ("fast", "reference")
@@ -237,7 +237,7 @@ def reference_fiedler(weights: torch.Tensor) -> torch.Tensor:
         v = inv_sqrt @ vectors[:, 1]
     except torch.linalg.LinAlgError:  # the official code crashes here; fall back
         v, _ = fiedler_vector(weights, degrees, solver="dense")
-    return v * torch.sign(v[torch.argmax(v.abs())])
+    return fix_sign(v)
 
 
 def diffcut_leaf_order(children: list[tuple[int, ...]]) -> list[int]:
